@@ -21,7 +21,7 @@ class SyntheticSpec:
     min_items_per_user: int = 10
     max_items_per_user: int = 60
     temperature: float = 0.5
-    popularity: float = 1.0
+    popularity: float = 0.5
     seed: int = 0
 
 

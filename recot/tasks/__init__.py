@@ -1,0 +1,5 @@
+"""LightningModules, one per task family; a method is an nn.Module passed in as ``model``."""
+from recot.tasks.base import Task
+from recot.tasks.ranking import RankingTask
+
+__all__ = ["Task", "RankingTask"]

@@ -1,0 +1,61 @@
+"""What every task LightningModule shares: hyperparameters that rebuild it, optimizers from injected callables."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Iterable, Optional, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+LRSchedulerCallable = Callable[[torch.optim.Optimizer], Union[torch.optim.lr_scheduler.LRScheduler,
+                                                              torch.optim.lr_scheduler.ReduceLROnPlateau]]
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+class Task(L.LightningModule):
+    """Base of recot's task modules.
+
+    A subclass sets ``monitor`` / ``monitor_mode`` (the validation metric that selects the best checkpoint) and
+    calls :meth:`save_task_hyperparameters` in ``__init__``.
+    """
+
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def save_task_hyperparameters(self) -> None:
+        """Save the constructor arguments so that a checkpoint alone rebuilds the module.
+
+        Under ``recot``'s CLI the arguments are the config (injected modules and optimizers as
+        ``class_path``/``init_args``), which is what Lightning stores. Built in Python, arguments that are not plain
+        data (modules, classes, callables) are left out: they would pickle code or weights into the checkpoint and break
+        ``torch.load(weights_only=True)``; such a module is rebuilt by passing them again.
+        """
+        frame = inspect.currentframe().f_back
+        if _given_hyperparameters.get() is not None:
+            self.save_hyperparameters(frame=frame)
+            return
+        args = inspect.getargvalues(frame).locals
+        ignore = [k for k, v in args.items() if k not in ("self", "__class__") and not _plain(v)]
+        self.save_hyperparameters(ignore=ignore, frame=frame)
+
+    def build_optimizers(self, optimizer: OptimizerCallable, scheduler: Optional[LRSchedulerCallable],
+                         param_groups: list[dict]):
+        opt = optimizer(param_groups)
+        if scheduler is None:
+            return opt
+        sched = scheduler(opt)
+        config = {"scheduler": sched}
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.monitor
+        return {"optimizer": opt, "lr_scheduler": config}
