@@ -1,0 +1,38 @@
+r"""recot.ot: pure-torch optimal transport, batched over leading dimensions, masked, log-domain.
+
+Every solver takes ``cost: (*batch, n, m)``, weights ``a: (*batch, n)``, ``b: (*batch, m)`` (None =
+uniform over real elements) and bool masks (True = real), and returns an :class:`OTResult`.
+
+    >>> from recot.ot import sinkhorn, sq_euclidean
+    >>> res = sinkhorn(sq_euclidean(x, y), eps=0.05, grad="implicit")
+    >>> res.plan, res.value, res.n_iter, res.converged
+"""
+from .badmm import BADMMState, badmm, badmm_init, badmm_step
+from .cost import cosine_cost, cost_scale, dot_cost, normalize_cost, pairwise_cost, sq_euclidean
+from .greenkhorn import greenkhorn
+from .kmeans import KMeansResult, ot_kmeans
+from .losses import entropic_ot, entropy_term, sinkhorn_divergence, sinkhorn_loss
+from .result import OTResult
+from .sinkhorn import sinkhorn
+
+__all__ = [
+    "BADMMState",
+    "KMeansResult",
+    "OTResult",
+    "badmm",
+    "badmm_init",
+    "badmm_step",
+    "cosine_cost",
+    "cost_scale",
+    "dot_cost",
+    "entropic_ot",
+    "entropy_term",
+    "greenkhorn",
+    "normalize_cost",
+    "ot_kmeans",
+    "pairwise_cost",
+    "sinkhorn",
+    "sinkhorn_divergence",
+    "sinkhorn_loss",
+    "sq_euclidean",
+]
