@@ -1,7 +1,8 @@
 """torch.nn modules: recommenders (MF, LightGCN, ...) and the building blocks of the OT methods."""
 from recot.nn.base import EmbeddingTables, GraphData, Recommender, take_rows
 from recot.nn.lightgcn import LightGCN
+from recot.nn.ltocf import LTOCF
 from recot.nn.mf import MF
 from recot.nn.mostpop import MostPop
 
-__all__ = ["Recommender", "EmbeddingTables", "GraphData", "take_rows", "MF", "LightGCN", "MostPop"]
+__all__ = ["Recommender", "EmbeddingTables", "GraphData", "take_rows", "MF", "LightGCN", "MostPop", "LTOCF"]

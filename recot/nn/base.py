@@ -112,6 +112,11 @@ class Recommender(nn.Module):
         """Optimizer parameter groups (a model with its own learning rates for some parameters overrides this)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def log_values(self) -> dict[str, float]:
+        """Scalars describing the model's state (e.g. LT-OCF's learned times), logged by the task as
+        ``model/<name>`` at the end of every training epoch."""
+        return {}
+
 
 class EmbeddingTables(Recommender):
     """A recommender whose layer 0 is a pair of embedding tables ``(U, d)`` and ``(I, d)``.

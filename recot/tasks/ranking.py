@@ -105,6 +105,11 @@ class RankingTask(Task):
                       on_step=False, on_epoch=True, batch_size=users.numel())
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        values = self.model.log_values()
+        if values:
+            self.log_dict({f"model/{k}": float(v) for k, v in values.items()}, on_step=False, on_epoch=True)
+
     # --- full-ranking evaluation ----------------------------------------------------------------------
     def _embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._eval_embeddings is None:
