@@ -43,6 +43,19 @@ class LightGCN(EmbeddingTables):
         out = self.adjacency @ torch.cat([users, items])
         return out[: self.num_users], out[self.num_users:]
 
+    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Same result as the generic layer loop (initial/propagate/combine), kept on the stacked (U + I, d) state:
+        # one concatenation and one split instead of one per layer (the loop is memory-bound on large graphs).
+        if self.adjacency is None:
+            raise RuntimeError("LightGCN has no graph: call bind(data) first (the ranking task does this in setup)")
+        x = torch.cat(self.initial())
+        weights = self.layer_weights or [1.0 / (self.num_layers + 1)] * (self.num_layers + 1)
+        out = x * weights[0]
+        for w in weights[1:]:
+            x = self.adjacency @ x
+            out = out + w * x
+        return out[: self.num_users], out[self.num_users:]
+
     def combine(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.layer_weights or [1.0 / len(layers)] * len(layers)
         users = sum(w * u for w, (u, _) in zip(weights, layers))

@@ -60,7 +60,7 @@ class SparseOperator:
         self.backend = backend
         self.symmetric = symmetric
         self.shape = tuple(matrix.shape)
-        self._cpu = matrix.to_sparse_csr() if matrix.layout != torch.sparse_csr else matrix
+        self._cpu = _csr32(matrix)
         self._cache: dict[torch.device, tuple] = {}
 
     def _resolve_backend(self, device: torch.device) -> str:
@@ -71,7 +71,7 @@ class SparseOperator:
     def _on(self, device: torch.device) -> tuple:
         if device not in self._cache:
             fwd = self._cpu.to(device)
-            bwd = None if self.symmetric else self._cpu.to_sparse_coo().t().coalesce().to_sparse_csr().to(device)
+            bwd = None if self.symmetric else _csr32(self._cpu.to_sparse_coo().t().coalesce()).to(device)
             if self._resolve_backend(device) == "torch_sparse":
                 import torch_sparse
                 fwd = torch_sparse.SparseTensor.from_torch_sparse_csr_tensor(fwd)
@@ -89,6 +89,17 @@ class SparseOperator:
     @property
     def matrix(self) -> torch.Tensor:
         return self._cpu
+
+
+def _csr32(matrix: torch.Tensor) -> torch.Tensor:
+    """CSR with int32 indices where they fit: torch's CPU kernel (MKL) converts int64 indices on every product."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        csr = matrix if matrix.layout == torch.sparse_csr else matrix.to_sparse_csr()
+        if csr.crow_indices().dtype == torch.int32 or csr.values().numel() >= 2**31 or max(csr.shape) >= 2**31:
+            return csr
+        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                       csr.values(), csr.shape)
 
 
 class _SpMM(torch.autograd.Function):

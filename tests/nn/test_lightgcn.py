@@ -62,3 +62,13 @@ def test_most_popular_scores(data):
     scores = model.score(users, u[users], i)
     expected = torch.from_numpy(data.train.toarray()).sum(0)
     assert torch.equal(scores[0], expected) and torch.equal(scores[1], expected)
+
+
+def test_fast_embed_equals_the_generic_layer_loop(data):
+    # wrappers such as GOTNet re-run initial/propagate/combine; LightGCN's own embed() must give the same result
+    from recot.nn.base import Recommender
+    torch.manual_seed(0)
+    model = LightGCN(embedding_dim=8, num_layers=3, layer_weights=[0.1, 0.2, 0.3, 0.4])
+    model.bind(data)
+    for fast, loop in zip(model.embed(), Recommender.embed(model)):
+        torch.testing.assert_close(fast, loop, rtol=1e-6, atol=1e-7)
