@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -69,6 +69,17 @@ def _fill(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return x if mask is None else x.masked_fill(~mask, neg(x.dtype))
 
 
+def _finite(weight) -> bool:
+    """A marginal weight is a hard constraint only as the float ``inf``; tensors are learnable, hence finite."""
+    return torch.is_tensor(weight) or not math.isinf(weight)
+
+
+def _prior_mix(lse: Tensor, log_prior: Tensor, w, alpha, mask: Optional[Tensor]) -> Tensor:
+    """Log marginal of a Bregman sub-problem with a KL prior of weight ``alpha`` on the simplex."""
+    v = _fill((w * lse + alpha * log_prior) / (w + alpha), mask)
+    return _fill(v - torch.logsumexp(v, -1, keepdim=True), mask)
+
+
 def _log_marginals(prob: Problem) -> Tuple[Tensor, Tensor]:
     return _fill(masked_log(prob.a, prob.mask_a), prob.mask_a), _fill(masked_log(prob.b, prob.mask_b), prob.mask_b)
 
@@ -92,7 +103,8 @@ def badmm_step(
     log_b: Tensor,
     reg_type: str = "entropic",
     reg_m: Tuple[float, float] = (math.inf, math.inf),
-    cost_s: Optional[Tensor] = None,
+    cost_s: Union[None, Tensor, Callable[[Tensor], Tensor]] = None,
+    relax_marginals: bool = False,
     mask_a: Optional[Tensor] = None,
     mask_b: Optional[Tensor] = None,
     mask2d: Optional[Tensor] = None,
@@ -106,7 +118,10 @@ def badmm_step(
         log_a, log_b: log prior marginals with :func:`recot.ot.utils.neg` on padding.
         reg_m: :math:`(\alpha_2, \alpha_3)` of Eqs. 26-27; ``inf`` keeps :math:`\mu = a` (resp.
             :math:`\eta = b`) fixed, which is plain OT.
-        cost_s: optional linear cost of the S-update (0 for plain OT).
+        cost_s: optional linear cost of the S-update (0 for plain OT), or a callable of the new
+            plan :math:`P^{(t+1)}` returning it (the ROT problem's :math:`-\alpha_0\Sigma_1^\top P^{(t+1)}\Sigma_2`).
+        relax_marginals: solve the KL-relaxed marginals for real (see below) instead of Eqs. 26-28's
+            :math:`\mu, \eta` updates. ``reg`` and ``reg_m`` may be 0-dim tensors (learnable weights).
 
     Note (found while testing against a direct solver of the ROT problem): Eq. 23 enforces
     :math:`P^{(t+1)}\mathbf 1 = \mu^{(t)}` exactly, so the dual update (28) gives
@@ -114,6 +129,15 @@ def badmm_step(
     :math:`\mu`/:math:`\eta` iterates evolve on their own, and from Alg. 2's start :math:`\mu^{(0)} = p_0`
     they stay at :math:`p_0`. As published, finite :math:`\alpha_2, \alpha_3` therefore act like hard
     marginals; this primitive reproduces the paper, it does not solve the KL-relaxed problem.
+
+    ``relax_marginals=True`` keeps the prior terms inside the two Bregman sub-problems, where they have
+    closed forms (a splitting of :math:`P = S` only): the P-update (23) with
+    :math:`+\alpha_2\mathrm{KL}(P\mathbf 1\|a)` on the simplex gives
+    :math:`\log\mu = \operatorname{logsoftmax}\big((\rho L + \alpha_2\log a)/(\rho + \alpha_2)\big)`
+    with :math:`L = \operatorname{LSE}_{row} Y_P`, the S-update (25) with
+    :math:`+\alpha_3\mathrm{KL}(S^\top\mathbf 1\|b)` the same with :math:`w = \lambda + \rho` (entropic)
+    or :math:`\rho` (quadratic) in place of :math:`\rho`; :math:`z_1, z_2` stay 0. :math:`\alpha \to \infty`
+    gives the hard marginals of the published step, :math:`\alpha = 0` leaves that marginal free.
     """
     log_p, log_s, log_mu, log_eta, z, z1, z2 = state
     quadratic = reg_type == "quadratic"
@@ -121,23 +145,32 @@ def badmm_step(
     y = (cost_p + z) / (-rho) + log_s
     if quadratic:
         y = y - (reg / rho) * s
+    rho_a, rho_b = reg_m
+    relax_a, relax_b = relax_marginals and _finite(rho_a), relax_marginals and _finite(rho_b)
     y = _fill(y, mask2d)
-    log_p = _fill(y + (log_mu - torch.logsumexp(y, -1))[..., :, None], mask2d)
+    lse = torch.logsumexp(y, -1)
+    if relax_a:
+        log_mu = _prior_mix(lse, log_a, rho, rho_a, mask_a)
+    log_p = _fill(y + (log_mu - lse)[..., :, None], mask2d)
     p = log_p.exp()
+    if callable(cost_s):
+        cost_s = cost_s(p)
     zc = z if cost_s is None else z - cost_s
     if quadratic:
         y = (zc - reg * p) / rho + log_p
     else:
         y = (zc + rho * log_p) / (reg + rho)
     y = _fill(y, mask2d)
-    log_s = _fill(y + (log_eta - torch.logsumexp(y, -2))[..., None, :], mask2d)
+    lse = torch.logsumexp(y, -2)
+    if relax_b:
+        log_eta = _prior_mix(lse, log_b, rho if quadratic else reg + rho, rho_b, mask_b)
+    log_s = _fill(y + (log_eta - lse)[..., None, :], mask2d)
     s = log_s.exp()
-    rho_a, rho_b = reg_m
-    if not math.isinf(rho_a):
+    if not relax_marginals and _finite(rho_a):
         v = _fill((rho * log_mu + rho_a * log_a - z1) / (rho + rho_a), mask_a)
         log_mu = _fill(v - torch.logsumexp(v, -1, keepdim=True), mask_a)
         z1 = z1 + rho * (log_mu.exp() - p.sum(-1))
-    if not math.isinf(rho_b):
+    if not relax_marginals and _finite(rho_b):
         v = _fill((rho * log_eta + rho_b * log_b - z2) / (rho + rho_b), mask_b)
         log_eta = _fill(v - torch.logsumexp(v, -1, keepdim=True), mask_b)
         z2 = z2 + rho * (log_eta.exp() - s.sum(-2))

@@ -18,9 +18,14 @@ def make_problem(batch=(2,), n=5, m=6, d=2, dtype=torch.float64, seed=0, uniform
     return cost, a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
 
 
-@pytest.fixture
-def problem():
-    return make_problem()
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are tiny: intra-op threads only add OpenMP hand-offs, which become very slow when
+    ``pytest -n 2`` already occupies both cores (measured: 155 s vs 26 s for this folder under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
