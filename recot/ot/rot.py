@@ -24,8 +24,12 @@ Solvers (both unrolled: a fixed number ``num_modules`` = T of feed-forward modul
 * :func:`rot_sinkhorn` (ROTP_S, Alg. 1): proximal point outer loop, Eq. 15, whose sub-problem Eq. 16 is an
   entropic unbalanced OT problem with cost :math:`C^{(t)} = -X - \alpha_0\Sigma_1P^{(t)}\Sigma_2^\top
   - \tau\log P^{(t)}` and entropy weight :math:`\alpha_1 + \tau`, solved by K log-domain Sinkhorn steps of
-  :mod:`recot.ot.sinkhorn`. (Eq. 18 as printed has an extra :math:`a^{(k)}/\alpha_1'` term that is
-  consistent only for :math:`\alpha_1' = 1`; the core's step is the exact dual update.)
+  :mod:`recot.ot.sinkhorn`. Two deviations from the printed algorithm, both found against a direct
+  minimiser of Eq. 3 (``tests/ot/test_rot.py``): the structural term is linearised with its gradient,
+  :math:`-2\alpha_0\Sigma_1P^{(t)}\Sigma_2^\top` (with Eq. 15's :math:`\alpha_0 C(X, P^{(t)})` the fixed points are
+  those of Eq. 3 with :math:`\alpha_0/2`, while BADMM's split P/S linearisations reach Eq. 3 itself), and
+  Eq. 18's extra :math:`a^{(k)}/\alpha_1'` term (consistent only for :math:`\alpha_1' = 1`) is replaced by the
+  core's exact dual update.
 * :func:`rot_badmm` (ROTP_B-E / ROTP_B-Q, Alg. 2): Bregman ADMM, Eqs. 23-28, by
   :func:`recot.ot.badmm_step` with the linearised structural costs of Eqs. 23 and 25. By default
   (``marginals="relaxed"``) the marginal priors are solved for real; ``"paper"`` keeps the published
@@ -185,6 +189,9 @@ def rot_sinkhorn(
 ) -> ROTResult:
     r"""ROTP_S (Alg. 1): T proximal modules (Eq. 15), each K log-domain Sinkhorn steps on Eq. 16.
 
+    Module t solves the unbalanced problem with cost :math:`-X - 2\alpha_0\Sigma_1P^{(t)}\Sigma_2^\top -
+    \tau\log P^{(t)}` and entropy weight :math:`\alpha_1 + \tau` (the factor 2: see the module docstring).
+
     Args:
         x: ``(B, N, D)`` sets (the paper assumes :math:`X \ge 0`). mask: ``(B, N)`` bool, True = real sample.
         weights: :class:`ROTWeights`; ``step`` is the proximal weight :math:`\tau > 0`.
@@ -210,7 +217,7 @@ def rot_sinkhorn(
         eps = w.alpha1 + w.step
         cost = prob.cost - w.step * log_plan
         if structure is not None and not _is_zero(w.alpha0):
-            cost = cost - w.alpha0 * structure.apply(log_plan.exp())
+            cost = cost - (2 * w.alpha0) * structure.apply(log_plan.exp())
         if prob.mask2d is not None:
             cost = torch.where(prob.mask2d, cost, zero)
         logk = log_kernel(cost, eps, prob.mask2d)
@@ -284,10 +291,10 @@ def _result(prob, log_plan: Tensor, f, g, n_iter: int, err: Tensor, tol: float) 
 
 
 def rot_readout(x: Tensor, log_plan: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    r"""Eq. 5: :math:`f_d = \sum_n x_{dn}P_{dn} / \sum_n P_{dn}`, ``x: (B, N, D)``, ``log_plan: (B, D, N)`` -> ``(B, D)``.
+    r"""Eq. 5: :math:`f_d = \sum_n x_{dn}P_{dn} / \sum_n P_{dn}`.
 
-    Rows are normalised in the log domain (a softmax over samples), so no row underflows to 0/0; an empty
-    set gives 0.
+    ``x: (B, N, D)``, ``log_plan: (B, D, N)``, ``mask: (B, N)`` -> ``(B, D)``. Rows are normalised in the log
+    domain (a softmax over samples), so no row underflows to 0/0; an empty set gives 0.
     """
     weights = torch.softmax(log_plan, dim=-1)
     if mask is not None:
