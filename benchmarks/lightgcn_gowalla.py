@@ -2,6 +2,7 @@
 
     python benchmarks/lightgcn_gowalla.py --data-dir ../shared/data            # recot only
     python benchmarks/lightgcn_gowalla.py --data-dir ../shared/data --recbole  # + RecBole 1.2.1 side by side
+    python benchmarks/lightgcn_gowalla.py --recbole --recbole-python /path/to/venv-with-recbole/bin/python
 
 recot runs through the same Lightning Trainer, task and data module as ``recot fit --config
 configs/lightgcn/gowalla.yaml`` (d = 64, K = 3, batch 2048). RecBole (``pip install recbole==1.2.1``, not a recot
@@ -109,10 +110,8 @@ print(json.dumps({"system": "RecBole 1.2.1", "epoch_s": per_batch * total, "time
 """
 
 
-def run_recbole(data_dir: str, batches: int, threads: int) -> dict:
+def run_recbole(data_dir: str, batches: int, threads: int, python: str) -> dict:
     """RecBole in a subprocess on the same split (train.txt with our validation carve-out, test.txt)."""
-    import numpy as np
-
     from datamodules import load_interactions
     from datamodules.splits import csr_pairs
 
@@ -124,11 +123,10 @@ def run_recbole(data_dir: str, batches: int, threads: int) -> dict:
             users, items = csr_pairs({"train": data.train, "valid": data.val, "test": data.test}[split])
             body = "\n".join(f"{u}\t{i}" for u, i in zip(users.tolist(), items.tolist()))
             (folder / f"gowalla.{split}.inter").write_text("user_id:token\titem_id:token\n" + body + "\n")
-        proc = subprocess.run([sys.executable, "-c", RECBOLE_SCRIPT, tmp, str(batches), str(threads), tmp],
+        proc = subprocess.run([python, "-c", RECBOLE_SCRIPT, tmp, str(batches), str(threads), tmp],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             return {"system": "RecBole 1.2.1", "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-        del np
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -138,13 +136,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="recot: time this many batches (default: a full epoch)")
     parser.add_argument("--recbole", action="store_true", help="also time RecBole 1.2.1's LightGCN (must be installed)")
     parser.add_argument("--recbole-batches", type=int, default=20)
+    parser.add_argument("--recbole-python", default=sys.executable,
+                        help="interpreter of an environment with recbole==1.2.1 (its pins clash with recot's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
 
     rows = [run_recot(args.data_dir, args.batches, args.threads)]
     if args.recbole:
-        rows.append(run_recbole(args.data_dir, args.recbole_batches, args.threads))
+        rows.append(run_recbole(args.data_dir, args.recbole_batches, args.threads, args.recbole_python))
     print("\n| system | s / train epoch | batches timed / epoch | full-ranking eval (s) | users | peak RSS (GiB) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
