@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.download import ensure_dataset
 from datamodules.errors import DataFormatError, missing_file
 from datamodules.readers import (LIGHTGCN_FORMAT, MOVIELENS_FILES, read_id_list, read_lightgcn, read_movielens,
                                  read_table, resolve_data_dir)
@@ -32,7 +33,12 @@ KNOWN_SOURCES = {
     "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
     "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
     "ml-20m": "https://files.grouplens.org/datasets/movielens/ml-20m.zip",
+    # the original ML-1M ratings for the paper protocol (../shared/data/ml-1m holds a LightGCN-format split instead)
+    "ml-1m-ratings": "https://files.grouplens.org/datasets/movielens/ml-1m.zip (its ml-1m/ratings.dat)",
 }
+# The ratings file a missing MovieLens folder is reported by (u.data when the name is not known).
+MOVIELENS_FILE_OF = {"ml-1m": "ratings.dat", "ml-1m-ratings": "ratings.dat", "ml-10m": "ratings.dat",
+                     "ml-20m": "ratings.csv"}
 
 
 @dataclass
@@ -88,8 +94,12 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
                       format: str = "auto", split: str = "auto", test_ratio: float = 0.2, val_ratio: float = 0.1,
                       rating_threshold: Optional[float] = None, k_core_min: int = 0,
                       table: Optional[TableSpec] = None, synthetic: Optional[SyntheticSpec] = None,
-                      seed: int = 2020) -> InteractionData:
-    """Load and split an interaction data set (see the module docstring for the protocol)."""
+                      seed: int = 2020, download: bool = True) -> InteractionData:
+    """Load and split an interaction data set (see the module docstring for the protocol).
+
+    A data set with a public source (``datamodules.download.SOURCES``: gowalla, yelp2018, amazon-book, ml-1m, ml-100k)
+    whose files are missing under ``data_dir`` is downloaded there first and verified, unless ``download`` is False.
+    """
     rng = np.random.default_rng(seed)
     if format == "synthetic" or (format == "auto" and dataset == "synthetic"):
         spec = synthetic or SyntheticSpec()
@@ -99,6 +109,7 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
     path = Path(dataset).expanduser()
     if not path.exists():
         path = resolve_data_dir(data_dir) / dataset
+        ensure_dataset(dataset, path, download=download, hint=_source_hint(dataset))
     fmt = _detect_format(path) if format == "auto" else format
     name = path.stem if path.is_file() else path.name
 
@@ -107,7 +118,7 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
     if fmt == "movielens":
         file = path if path.is_file() else next((path / f for f in MOVIELENS_FILES if (path / f).is_file()), None)
         if file is None:
-            raise missing_file(path / "u.data", "a MovieLens ratings file: " + ", ".join(MOVIELENS_FILES),
+            raise missing_file(path / MOVIELENS_FILE_OF.get(name, "u.data"), "a MovieLens ratings file: " + ", ".join(MOVIELENS_FILES),
                                hint=_source_hint(name))
         users, items, ratings = read_movielens(file)
     elif fmt == "table":
@@ -212,10 +223,16 @@ class BPRBatches:
     its own equal-sized shard, so the sample stream does not depend on the number of processes' timing.
 
     Batches are dicts ``users (B,)``, ``pos (B,)``, ``neg (B, num_negatives)`` of int64.
+
+    Resumable mid-epoch (Lightning's stateful-loader interface, saved in checkpoints by the fit loop): the state is the
+    generator state the current epoch was drawn from and the number of its batches already trained, so a resumed
+    ``iter()`` redraws the same epoch and skips those batches. The number trained comes from ``position`` (a callable
+    returning ``(batches trained in this epoch, batches per epoch)``, from the trainer), not from the batches yielded:
+    Lightning fetches one batch ahead of the one being trained.
     """
 
     def __init__(self, train: sp.csr_matrix, batch_size: int, num_negatives: int, generator: torch.Generator,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, position: Optional[Callable[[], tuple[int, int]]] = None):
         self.num_items = train.shape[1]
         self.indptr = torch.from_numpy(train.indptr.astype(np.int64))
         self.indices = torch.from_numpy(train.indices.astype(np.int64))
@@ -229,6 +246,9 @@ class BPRBatches:
         self.num_samples = int(train.nnz) // world_size
         self.batch_size, self.num_negatives = batch_size, num_negatives
         self.generator, self.rank, self.world_size = generator, rank, world_size
+        self.position = position
+        self._epoch_start: Optional[torch.Tensor] = None  # generator state before the current epoch's draw
+        self._resume: Optional[dict] = None
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
@@ -251,10 +271,27 @@ class BPRBatches:
         return self.keys[idx] == q
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        skip = 0
+        if self._resume is not None:
+            state, self._resume = self._resume, None
+            self.generator.set_state(state["generator"])
+            skip = int(state["batches_done"])
+        self._epoch_start = self.generator.get_state()
         full = self.sample(self.num_samples * self.world_size)
         shard = {k: v[self.rank::self.world_size] for k, v in full.items()}
-        for s in range(0, self.num_samples, self.batch_size):
+        for s in range(skip * self.batch_size, self.num_samples, self.batch_size):
             yield {k: v[s:s + self.batch_size] for k, v in shard.items()}
+
+    def state_dict(self) -> dict:
+        """Where the next ``iter()`` continues: mid-epoch, the epoch's draw and the batches already trained."""
+        done, per_epoch = self.position() if self.position is not None else (0, 0)
+        if self._epoch_start is None or done >= per_epoch > 0:
+            # no epoch under way (or it is finished): the next iter() draws a fresh epoch from the current state
+            return {"generator": self.generator.get_state(), "batches_done": 0}
+        return {"generator": self._epoch_start, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = dict(state_dict)
 
 
 class UserBatches:
@@ -315,6 +352,8 @@ class InteractionDataModule(L.LightningDataModule):
         eval_batch_size: users per full-ranking evaluation batch.
         num_negatives: negatives per positive (1 for BPR; 4 for NeuMF's BCE).
         seed: seed of the split and of the sampler; None = the run's ``seed_everything`` seed.
+        download: fetch a missing public data set (gowalla, yelp2018, amazon-book, ml-1m, ml-100k) into ``data_dir``
+            and verify its checksums; ``RECOT_OFFLINE=1`` turns downloads off everywhere.
     """
 
     def __init__(self, dataset: str = "synthetic", data_dir: Optional[str] = None,
@@ -322,13 +361,13 @@ class InteractionDataModule(L.LightningDataModule):
                  split: Literal["auto", "given", "random"] = "auto", test_ratio: float = 0.2, val_ratio: float = 0.1,
                  rating_threshold: Optional[float] = None, k_core: int = 0, table: Optional[TableSpec] = None,
                  synthetic: Optional[SyntheticSpec] = None, batch_size: int = 2048, eval_batch_size: int = 1024,
-                 num_negatives: int = 1, seed: Optional[int] = None):
+                 num_negatives: int = 1, seed: Optional[int] = None, download: bool = True):
         super().__init__()
         self.save_hyperparameters()
         # the live arguments: under the CLI, hparams hold the raw config (dicts), not the dataclasses
         self.args = dict(dataset=dataset, data_dir=data_dir, format=format, split=split, test_ratio=test_ratio,
                          val_ratio=val_ratio, rating_threshold=rating_threshold, k_core_min=k_core, table=table,
-                         synthetic=synthetic)
+                         synthetic=synthetic, download=download)
         self.batch_size, self.eval_batch_size, self.num_negatives = batch_size, eval_batch_size, num_negatives
         self.seed = seed
         self.data: Optional[InteractionData] = None
@@ -358,7 +397,15 @@ class InteractionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> BPRBatches:
         return BPRBatches(self.data.train, self.batch_size, self.num_negatives, self.generator,
-                          *self._rank_world())
+                          *self._rank_world(), position=self._train_position)
+
+    def _train_position(self) -> tuple[int, int]:
+        """(batches trained so far in the current epoch, batches per epoch), from the trainer's fit loop."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return progress.processed, trainer.num_training_batches
 
     def val_dataloader(self) -> UserBatches:
         return UserBatches(self.data.val, [self.data.train], self.eval_batch_size, *self._rank_world())

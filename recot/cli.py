@@ -4,6 +4,12 @@
     recot fit --config configs/lightgcn/gowalla.yaml --ckpt_path last   # resume the killed run
     recot test --ckpt_path checkpoints/lightgcn-gowalla/last.ckpt      # config rebuilt from the run
     recot predict --ckpt_path checkpoints/lightgcn-gowalla/last.ckpt --top_k 50  # -> predictions.csv
+    recot report checkpoints/*/ --paper         # results table (recot/report.py)
+    recot plot checkpoints/lightgcn-gowalla     # learning curves (recot/plot.py)
+
+Under SLURM (batch jobs) the trainer runs in Lightning's SLURM environment with auto-requeue (recot/slurm.py): on
+the requeue signal the run saves ``hpc_ckpt_<n>.ckpt`` at a batch boundary and requeues the job, and the same command
+in the requeued job continues from it.
 
 A run folder ``<run_root>/<name>/`` holds ``config.yaml``, ``last.ckpt``, the best checkpoint by the task's
 validation metric, ``logs/`` (TensorBoard and CSV) and ``results.json``. The name defaults to the config's path below
@@ -12,6 +18,7 @@ validation metric, ``logs/`` (TensorBoard and CSV) and ``results.json``. The nam
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 import warnings
@@ -24,9 +31,12 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.fabric.plugins.environments import ClusterEnvironment
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from recot.callbacks import EpochTimer, RecommendationWriter, ResultsWriter, RNGState
+from recot.loggers import ResumableCSVLogger, resume_log_step
+from recot.slurm import BatchBoundaryRequeue, hpc_checkpoints, on_slurm, slurm_plugin
 from recot.tasks.base import Task
 
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
@@ -63,12 +73,16 @@ class _ProgressBar(RichProgressBar):
         return metrics
 
 
+DESCRIPTION = ("recot: optimal transport for recommendation and graph learning. Also: `recot report RUN_DIR...` "
+               "(results table) and `recot plot RUN_DIR...` (learning curves).")
+
+
 class RecotCLI(LightningCLI):
     def __init__(self, args: Optional[list[str]] = None, run: bool = True):
         super().__init__(model_class=Task, datamodule_class=L.LightningDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, save_config_callback=RunConfig, seed_everything_default=2020,
                          auto_configure_optimizers=False, args=args, run=run,
-                         parser_kwargs={"description": "recot: optimal transport for recommendation and graph learning"})
+                         parser_kwargs={"description": DESCRIPTION})
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--name", type=Optional[str], default=None,
@@ -85,11 +99,33 @@ class RecotCLI(LightningCLI):
         self.run_dir = Path(cfg.run_root) / name
         cfg.name = name
         cfg.trainer.default_root_dir = str(self.run_dir)
-        if self.subcommand == "fit" and cfg.get("ckpt_path") is None and (self.run_dir / "last.ckpt").exists():
+        self.resume_from = None
+        if self.subcommand != "fit":
+            return
+        hpc = hpc_checkpoints(self.run_dir)
+        if cfg.get("ckpt_path") is None and hpc and on_slurm():
+            # a requeued SLURM job, started with the same command: Lightning restores the newest hpc checkpoint
+            self.resume_from = hpc[-1]
+            print(f"[recot] SLURM job {os.environ.get('SLURM_JOB_ID', '?')}: continuing the run in {self.run_dir} "
+                  f"from {hpc[-1].name}", flush=True)
+        elif cfg.get("ckpt_path") is None and (self.run_dir / "last.ckpt").exists():
             raise SystemExit(
                 f"recot: the run folder {self.run_dir} already holds a run (last.ckpt).\n"
-                f"  resume it:        add --ckpt_path last\n"
+                f"  resume it:        add --ckpt_path last"
+                + (f"  (or --ckpt_path hpc: the requeue checkpoint {hpc[-1].name})" if hpc else "") + "\n"
                 f"  start a new one:  add --name <another name>, or remove {self.run_dir}")
+        elif cfg.get("ckpt_path") is not None:
+            self.resume_from = self._resolve_ckpt(str(cfg.ckpt_path), hpc)
+
+    def _resolve_ckpt(self, ckpt: str, hpc: list[Path]) -> Optional[Path]:
+        """The file behind ``--ckpt_path`` (``last``, ``hpc`` or a path), for the CSV log to continue from."""
+        if ckpt == "last":
+            path = self.run_dir / "last.ckpt"
+        elif ckpt == "hpc":
+            path = hpc[-1] if hpc else None
+        else:
+            path = Path(ckpt)
+        return path if path is not None and path.is_file() else None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
@@ -104,7 +140,12 @@ class RecotCLI(LightningCLI):
                             enable_version_counter=False),
             timer, RNGState(),
             ResultsWriter(self.run_dir, task.monitor, task.monitor_mode, self._run_info(), timer),
+            BatchBoundaryRequeue(),  # SLURM: saves for requeue at a batch boundary (after the checkpoints above)
         ]
+        plugins = trainer_config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if on_slurm() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            trainer_config["plugins"] = [*plugins, slurm_plugin()]
         if self.subcommand == "predict":
             task.predict_k = self.config["predict"].top_k
             callbacks.append(RecommendationWriter(self.run_dir / "predictions.csv"))
@@ -115,7 +156,8 @@ class RecotCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = [
                 TensorBoardLogger(self.run_dir, name="logs", version="tensorboard", default_hp_metric=False),
-                CSVLogger(self.run_dir, name="logs", version="csv"),
+                ResumableCSVLogger(self.run_dir, name="logs", version="csv",
+                                   resume_step=resume_log_step(self.resume_from) if self.resume_from else None),
             ]
         if self.subcommand != "fit":
             self.save_config_callback = None  # config.yaml describes the fit
@@ -134,6 +176,9 @@ class RecotCLI(LightningCLI):
 
     # --- after fit: test the selected model ---------------------------------------------------------------
     def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            for stale in hpc_checkpoints(self.run_dir):  # superseded by last.ckpt: never resume a finished run
+                stale.unlink(missing_ok=True)
         if not self.config["fit"].get("test_after_fit", True):
             return
         ckpt = self.trainer.checkpoint_callback
@@ -212,7 +257,16 @@ def _write_config_from_hparams(ckpt_path: Path) -> Path:
     return out
 
 
+# `recot report` and `recot plot` read run folders: small argparse programs of their own, dispatched before
+# LightningCLI parses the command line (so that fit/validate/test/predict stay exactly Lightning's).
+EXTRA_SUBCOMMANDS = {"report": "recot.report", "plot": "recot.plot"}
+
+
 def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else [str(a) for a in args]
+    if argv and argv[0] in EXTRA_SUBCOMMANDS:
+        importlib.import_module(EXTRA_SUBCOMMANDS[argv[0]]).main(argv[1:])
+        return
     if args is not None:
         RecotCLI(args=config_from_checkpoint(list(args)))
         return
