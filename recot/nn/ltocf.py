@@ -16,6 +16,9 @@ from recot.nn.base import EmbeddingTables, GraphData
 from recot.nn.ode import GraphODEFunc, ODEBlock, Solver
 from recot.nn.sparse import Backend, SparseOperator
 
+#: The smallest gap between consecutive times, as a fraction of K.
+MIN_GAP = 1e-4
+
 
 class LTOCF(EmbeddingTables):
     """LT-OCF as a layer loop: segment ``l`` integrates the ODE over ``[t_l, t_{l+1}]`` (``t_0 = 0``,
@@ -28,11 +31,12 @@ class LTOCF(EmbeddingTables):
       from it. With ``t_i = i``, Euler and step 1 this is exactly LightGCN with ``K`` layers (Sec. 3.2.3, Eq. 13).
     - ``True``: one continuous trajectory; segment outputs are the states ``x(t_l)`` themselves.
 
-    Learnable times are parametrised by their gaps, ``t_i = K * sum_{j<=i} softmax([theta, 0])_j`` with ``theta`` of
-    size ``T``: every gap is positive and the gaps sum to ``K``, so ``0 < t_1 < ... < t_T < K`` holds by construction
-    for any ``theta`` (no clamping). The last gap's logit is fixed at 0 (softmax is shift invariant). Near uniform
-    gaps a step of ``delta`` in ``theta_i`` moves ``t_i`` by about ``K T / (T + 1)^2 * delta`` (0.75 delta for K = 4,
-    T = 3), the scale of the official code's raw times.
+    Learnable times are parametrised by their ``T + 1`` gaps, ``gap = m + (K - (T + 1) m) softmax([theta, 0])`` and
+    ``t_i = gap_1 + ... + gap_i``, with ``theta`` of size ``T`` and the minimum gap ``m = MIN_GAP * K``: every gap is
+    at least ``m`` and the gaps sum to ``K``, so ``0 < t_1 < ... < t_T < K`` holds by construction for any ``theta``
+    (no clamping), and stays strict in float32 (``m`` is far above its resolution). The last gap's logit is fixed at
+    0 (softmax is shift invariant). Near uniform gaps a step of ``delta`` in ``theta_i`` moves ``t_i`` by about
+    ``K T / (T + 1)^2 * delta`` (0.75 delta for K = 4, T = 3), the scale of the official code's raw times.
 
     Args:
         embedding_dim: d (paper: 64).
@@ -67,8 +71,10 @@ class LTOCF(EmbeddingTables):
         if len(times) != num_times:
             raise ValueError(f"times needs num_times = {num_times} values, got {len(times)}: {times}")
         bounds = [0.0, *times, float(final_time)]
-        if any(b <= a for a, b in zip(bounds, bounds[1:])):
-            raise ValueError(f"times must be strictly increasing inside (0, final_time={final_time}), got {times}")
+        min_gap = MIN_GAP * final_time
+        if any(b - a <= min_gap for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"times must be strictly increasing inside (0, final_time={final_time}), at least "
+                             f"{min_gap:g} (MIN_GAP * final_time) apart and from 0 and final_time; got {times}")
         if time_lr is not None and not time_lr > 0:
             raise ValueError(f"time_lr must be > 0 or null (the optimizer's learning rate), got {time_lr}")
         self.final_time, self.num_times = float(final_time), num_times
@@ -76,21 +82,24 @@ class LTOCF(EmbeddingTables):
         self.learnable_time, self.time_lr, self.residual = learnable_time, time_lr, residual
         self.sparse_backend = sparse_backend
         self.ode = ODEBlock(GraphODEFunc(), solver, step_size, rtol, atol, adjoint)
-        gaps = torch.tensor([b - a for a, b in zip(bounds, bounds[1:])], dtype=torch.float64)
+        free = torch.tensor([b - a for a, b in zip(bounds, bounds[1:])], dtype=torch.float64) - min_gap
         if learnable_time:
-            self.time_logits = nn.Parameter((gaps[:-1].log() - gaps[-1].log()).float())
+            self.time_logits = nn.Parameter((free[:-1].log() - free[-1].log()).float())
         else:
             self.register_buffer("fixed_times", torch.tensor(times, dtype=torch.float32))
         self.last_nfe = 0
 
     # --- times ---------------------------------------------------------------------------------------
     def times(self) -> torch.Tensor:
-        """All segment bounds ``[0, t_1, ..., t_T, K]``: ``(T + 2,)``, differentiable in the time logits."""
+        """All segment bounds ``[0, t_1, ..., t_T, K]``: ``(T + 2,)`` float64, differentiable in the time logits."""
         if self.learnable_time:
-            logits = torch.cat([self.time_logits, self.time_logits.new_zeros(1)])
-            inner = self.final_time * torch.cumsum(torch.softmax(logits, 0), 0)[:-1]
+            # float64: uniform gaps give the exact times i K / (T + 1) once rounded to float32
+            logits = torch.cat([self.time_logits.double(), self.time_logits.new_zeros(1, dtype=torch.float64)])
+            min_gap = MIN_GAP * self.final_time
+            gaps = min_gap + (self.final_time - (self.num_times + 1) * min_gap) * torch.softmax(logits, 0)
+            inner = torch.cumsum(gaps, 0)[:-1]
         else:
-            inner = self.fixed_times
+            inner = self.fixed_times.double()
         # exact end points: the last cumulative sum is K only up to rounding
         return torch.cat([inner.new_zeros(1), inner, inner.new_full((1,), self.final_time)])
 
