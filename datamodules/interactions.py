@@ -118,8 +118,8 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
     if fmt == "movielens":
         file = path if path.is_file() else next((path / f for f in MOVIELENS_FILES if (path / f).is_file()), None)
         if file is None:
-            raise missing_file(path / MOVIELENS_FILE_OF.get(name, "u.data"), "a MovieLens ratings file: " + ", ".join(MOVIELENS_FILES),
-                               hint=_source_hint(name))
+            raise missing_file(path / MOVIELENS_FILE_OF.get(name, "u.data"),
+                               "a MovieLens ratings file: " + ", ".join(MOVIELENS_FILES), hint=_source_hint(name))
         users, items, ratings = read_movielens(file)
     elif fmt == "table":
         spec = table or TableSpec()
