@@ -38,7 +38,8 @@ def popularity(tmp_path_factory):
 
 
 # epochs and learning rate for a shrunk run: the configs' rates are for full runs on real data
-LEARNS = {"mf": (20, "0.01"), "neumf": (10, "0.005"), "ngcf": (4, "0.01"), "pinsage": (20, "0.01")}
+LEARNS = {"mf": (20, "0.01"), "neumf": (10, "0.005"), "ngcf": (4, "0.01"), "pinsage": (20, "0.01"),
+          "lightgcn": (10, "0.01")}
 
 
 @pytest.mark.parametrize("backbone", sorted(LEARNS))
@@ -48,7 +49,8 @@ def test_backbone_learns_and_beats_popularity(backbone, tmp_path, popularity):
     assert out["best_epoch"] == epochs - 1
     assert out["test"]["test/recall@20"] > popularity["test/recall@20"] + 0.02, (out["test"], popularity)
     assert out["test"]["test/ndcg@20"] > popularity["test/ndcg@20"] + 0.02
-    assert out["method"] == {"mf": "MF", "neumf": "NeuMF", "ngcf": "NGCF", "pinsage": "PinSage"}[backbone]
+    assert out["method"] == {"mf": "MF", "neumf": "NeuMF", "ngcf": "NGCF", "pinsage": "PinSage",
+                             "lightgcn": "LightGCN"}[backbone]
 
 
 def test_neumf_config_trains_with_bce_and_four_negatives(tmp_path):
