@@ -108,8 +108,7 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
 
     path = Path(dataset).expanduser()
     if not path.exists():
-        path = resolve_data_dir(data_dir) / dataset
-        ensure_dataset(dataset, path, download=download, hint=_source_hint(dataset))
+        path = fetch_if_missing(dataset, data_dir, download)
     fmt = _detect_format(path) if format == "auto" else format
     name = path.stem if path.is_file() else path.name
 
@@ -145,6 +144,13 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
     data = _random_split(name, users, items, user_ids.size, item_ids.size, test_ratio, val_ratio, rng)
     data.user_ids, data.item_ids = user_ids, item_ids
     return data
+
+
+def fetch_if_missing(dataset: str, data_dir: Optional[str], download: bool = True) -> Path:
+    """``<data_dir>/<dataset>``, downloaded and verified first when it is a public data set whose files are missing."""
+    path = resolve_data_dir(data_dir) / dataset
+    ensure_dataset(dataset, path, download=download, hint=_source_hint(dataset))
+    return path
 
 
 def _detect_format(path: Path) -> str:
@@ -377,6 +383,12 @@ class InteractionDataModule(L.LightningDataModule):
     @property
     def name(self) -> str:
         return self.data.name if self.data is not None else Path(self.args["dataset"]).name
+
+    def prepare_data(self) -> None:
+        """Download a missing public data set: once per node (Lightning calls this on local rank 0 only)."""
+        dataset = self.args["dataset"]
+        if self.args["format"] != "synthetic" and dataset != "synthetic" and not Path(dataset).expanduser().exists():
+            fetch_if_missing(dataset, self.args["data_dir"], self.args["download"])
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.data is not None:

@@ -20,11 +20,13 @@ JOB_ID = "4242"
 
 
 def _slurm_env(tmp_path: Path) -> dict[str, str]:
-    """What `srun` sets for a one-task batch job, and a fake `scontrol` first on PATH that records its arguments."""
+    """What `srun` sets for a one-task batch job, and a fake `scontrol` first on PATH that records its arguments
+    and then ends the job, as SLURM does to a requeued job."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    # like SLURM, whose requeue ends the running job: the caller (the recot process) is killed
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\nkill -9 $PPID\n')
     scontrol.chmod(0o755)
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "recot",
             "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
@@ -52,7 +54,12 @@ def _val_rows(run_dir: Path) -> list[dict[str, str]]:
 def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     env = _slurm_env(tmp_path)
     args = ["fit", *SMALL, "--run_root", tmp_path / "runs"]
-    run_cli_subprocess(*args, "--name", "straight", env=env)
+    # the uninterrupted reference, submitted as scripts/slurm/fit.sbatch runs it (a fake srun starts the one task)
+    sbatch = subprocess.run(["bash", "scripts/slurm/fit.sbatch", *map(str, args[2:]), "--name", "straight"],
+                            cwd=REPO, env=_fake_srun(tmp_path, 'exec "$@"'), capture_output=True, text=True,
+                            timeout=600)
+    assert sbatch.returncode == 0, sbatch.stdout[-3000:] + sbatch.stderr[-3000:]
+    assert f"[sbatch] job {JOB_ID}" in sbatch.stdout and "[recot] test recall@20=" in sbatch.stdout
 
     # the job: SLURM sends SIGUSR1 near the time limit (here once the first epoch is checkpointed)
     run_dir = tmp_path / "runs" / "job"
@@ -62,10 +69,10 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     try:
         _wait_for(lambda: (run_dir / "last.ckpt").is_file(), proc, "the first checkpoint")
         proc.send_signal(signal.SIGUSR1)
-        _wait_for(log.is_file, proc, "scontrol requeue")
+        out = proc.communicate(timeout=240)[0]  # ended by the requeue
     finally:
-        proc.kill()  # what SLURM does to a requeued job after its grace time
-        out = proc.communicate()[0]
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]  # ended by the requeue, not by finishing
     assert log.read_text().split() == ["requeue", JOB_ID]
     hpc = run_dir / "hpc_ckpt_1.ckpt"
     assert hpc.is_file()
@@ -93,7 +100,8 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
 def test_a_mid_epoch_checkpoint_resumes_exactly(tmp_path):
     """Step checkpoints (here every 40 steps: batch 9 of epoch 1) resume to the same run: the sampler redraws the
     epoch and skips the batches already trained, and the global RNG, optimizer and loops are restored."""
-    common = [*SMALL, "--trainer.max_epochs", "2", "--run_root", tmp_path, "--test_after_fit", "false"]
+    common = [*SMALL, "--trainer.max_epochs", "2", "--run_root", tmp_path, "--test_after_fit", "false",
+              "--model.init_args.model", "recot.nn.MF"]  # the sampler is what resumes mid-epoch: any model will do
     run_cli("fit", *common, "--name", "full", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.dirpath", tmp_path / "steps", "--trainer.callbacks.every_n_train_steps", "40",
             "--trainer.callbacks.save_top_k", "-1")
@@ -118,3 +126,24 @@ def test_an_hpc_checkpoint_outside_slurm_is_not_resumed_silently(tmp_path, monke
     (run_dir / "hpc_ckpt_1.ckpt").touch()
     with pytest.raises(SystemExit, match=r"(?s)already holds a run.*--ckpt_path hpc"):
         run_cli("fit", *QUICK, "--run_root", tmp_path, "--name", "r")
+
+
+def _fake_srun(tmp_path: Path, body: str) -> dict[str, str]:
+    env = _slurm_env(tmp_path)
+    srun = tmp_path / "bin" / "srun"  # after _slurm_env made bin/ (and the fake scontrol in it)
+    srun.write_text(f"#!/bin/sh\n{body}\n")
+    srun.chmod(0o755)
+    return {**os.environ, **env, "ACCELERATOR": "cpu", "RECOT_VENV": str(Path(sys.executable).parents[1])}
+
+
+def test_array_sbatch_maps_the_task_id_to_a_config_and_seed(tmp_path):
+    env = _fake_srun(tmp_path, f'echo "$@" > {tmp_path / "srun.args"}')
+    proc = subprocess.run(["bash", "scripts/slurm/array.sbatch"], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "4"})
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "srun.args").read_text().split()
+    assert args[:8] == ["recot", "fit", "--config", "configs/lightgcn/ml-100k.yaml", "--seed_everything", "2",
+                        "--name", "lightgcn-ml-100k-s2"]
+    proc = subprocess.run(["bash", "scripts/slurm/array.sbatch"], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "SLURM_ARRAY_TASK_ID": "9"})
+    assert proc.returncode == 1 and "out of range" in proc.stderr

@@ -13,6 +13,7 @@ import pytest
 from datamodules import DataFormatError, InteractionDataModule, load_interactions
 from datamodules import download
 from datamodules.download import Remote, ensure_dataset
+from tests.conftest import CONFIGS, results, run_cli
 
 
 def sha256(data: bytes) -> str:
@@ -59,16 +60,21 @@ def test_a_missing_data_set_is_downloaded_verified_and_loaded(server, tmp_path, 
         "train.txt": Remote(f"{url}/train.txt", git_blob=git_blob(TRAIN)),  # checked by git blob id, as yelp2018's
         "test.txt": Remote(f"{url}/test.txt", sha256(TEST))})
     data_dir = tmp_path / "data"
-    dm = InteractionDataModule("gowalla", data_dir=str(data_dir), batch_size=16)
-    dm.setup("fit")
+    # what a user runs on a fresh machine: the shipped config, the data folder empty
+    run_cli("fit", "--config", CONFIGS / "mf" / "gowalla.yaml", "--data.init_args.data_dir", data_dir,
+            "--run_root", tmp_path / "runs", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
     assert (data_dir / "gowalla" / "train.txt").read_bytes() == TRAIN
     assert (data_dir / "gowalla" / "test.txt").read_bytes() == TEST
-    assert dm.data.num_users == 20 and dm.data.test.nnz == 40
+    assert results(tmp_path / "runs" / "mf-gowalla")["test"]
     assert "100%" in capsys.readouterr().err  # the progress bar
     assert _no_partial_files(data_dir)
     # present now: loading again does not download (the server is gone for this one)
     monkeypatch.setitem(download.SOURCES, "gowalla", {"train.txt": Remote("http://127.0.0.1:9/x", sha256(b""))})
-    assert load_interactions("gowalla", data_dir=str(data_dir)).train.nnz == dm.data.train.nnz
+    data = InteractionDataModule("gowalla", data_dir=str(data_dir))
+    data.prepare_data()
+    data.setup("fit")
+    assert data.data.num_users == 20 and data.data.test.nnz == 40
 
 
 def test_members_of_an_archive_are_extracted_and_verified(server, tmp_path, monkeypatch):
