@@ -1,7 +1,11 @@
 """LightningDataModules: the data side of every recot task. Loaders take a ``data_dir`` and never write into it."""
 from datamodules.errors import DataFormatError
+from datamodules.graph_sets import GraphSetDataModule, SyntheticGraphSets
 from datamodules.interactions import InteractionData, InteractionDataModule, TableSpec, load_interactions
+from datamodules.mil import MILDataModule, SyntheticBags
 from datamodules.synthetic import SyntheticSpec
+from datamodules.tu import TUGraphDataModule
 
 __all__ = ["DataFormatError", "InteractionData", "InteractionDataModule", "TableSpec", "SyntheticSpec",
-           "load_interactions"]
+           "load_interactions", "TUGraphDataModule", "MILDataModule", "SyntheticBags", "GraphSetDataModule",
+           "SyntheticGraphSets"]

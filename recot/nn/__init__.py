@@ -1,5 +1,6 @@
 """torch.nn modules: recommenders (MF, LightGCN, ...) and the building blocks of the OT methods."""
 from recot.nn.base import EmbeddingTables, GraphData, Recommender, take_rows
+from recot.nn.classifiers import BagClassifier, GraphClassifier, GraphSetClassifier
 from recot.nn.lightgcn import LightGCN
 from recot.nn.ltocf import LTOCF
 from recot.nn.mf import MF
@@ -9,4 +10,4 @@ from recot.nn.ngcf import NGCF
 from recot.nn.pinsage import PinSage
 
 __all__ = ["Recommender", "EmbeddingTables", "GraphData", "take_rows", "MF", "LightGCN", "MostPop", "LTOCF",
-           "NeuMF", "NGCF", "PinSage"]
+           "NeuMF", "NGCF", "PinSage", "GraphClassifier", "BagClassifier", "GraphSetClassifier"]

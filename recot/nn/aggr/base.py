@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.aggr import Aggregation
+from torch_geometric.utils import to_dense_batch
 
 
 def index_from_ptr(ptr: Tensor) -> Tensor:
@@ -27,8 +28,26 @@ class SetAggregation(Aggregation):
                 dim_size: Optional[int] = None, dim: int = -2, max_num_elements: Optional[int] = None) -> Tensor:
         if index is None and ptr is not None:
             index = index_from_ptr(ptr)
-        dense, mask = self.to_dense_batch(x, index, ptr, dim_size, dim, max_num_elements=max_num_elements)
-        return self.dense(dense, mask)
+        self.assert_two_dimensional_input(x, dim)
+        self.assert_sorted_index(index)
+        counts = torch.bincount(index, minlength=dim_size)
+        # Sets are padded within size buckets (1, 2, 3-4, 5-8, ...): padding costs at most 2x instead of max/mean
+        # (16x for a PROTEINS batch), for a loop over a few buckets, not over sets.
+        bucket = torch.ceil(torch.log2(counts.clamp_min(1).to(torch.float32))).long()
+        if max_num_elements is not None or bool((bucket == bucket[0]).all()):
+            dense, mask = self.to_dense_batch(x, index, ptr, dim_size, dim, max_num_elements=max_num_elements)
+            return self.dense(dense, mask)
+        outs, order = [], []
+        rank = torch.empty_like(counts)
+        for b in torch.unique(bucket).tolist():
+            sets = torch.nonzero(bucket == b).flatten()
+            rank[sets] = torch.arange(sets.numel(), device=index.device)
+            members = torch.nonzero(bucket.index_select(0, index) == b).flatten()
+            local = rank.index_select(0, index.index_select(0, members))
+            dense, mask = to_dense_batch(x.index_select(0, members), local, batch_size=sets.numel())
+            outs.append(self.dense(dense, mask))
+            order.append(sets)
+        return torch.cat(outs).index_select(0, torch.argsort(torch.cat(order)))
 
     def dense(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Pool padded sets ``x: (B, N, D)`` with ``mask: (B, N)`` (True = real element; None = all real)."""

@@ -1,0 +1,108 @@
+"""Classification of sets and graphs (graph classification, multi-instance learning, set fusion)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from recot.tasks.base import LRSchedulerCallable, OptimizerCallable, Task
+
+
+class ClassificationTask(Task):
+    """Train a set/graph classifier (:mod:`recot.nn.classifiers`) with cross-entropy; report accuracy.
+
+    The model is built for the data's sizes in ``setup`` from the data module's ``num_features`` and
+    ``num_classes``; batches are PyG batches whose ``y`` holds the labels. Validation and test accuracy are
+    torchmetrics ``MulticlassAccuracy`` (micro average, i.e. the share of correct sets), whose states are sums, so
+    evaluation on N processes gives the numbers of one. The validation accuracy selects the best checkpoint.
+
+    Args:
+        model: the classifier (e.g. :class:`recot.nn.GraphClassifier` with any pooling).
+        optimizer: optimizer factory called with the model's parameters (default Adam, lr 1e-3).
+        scheduler: optional learning-rate scheduler factory.
+        label_smoothing: of the cross-entropy.
+    """
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
+                 scheduler: Optional[LRSchedulerCallable] = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.save_task_hyperparameters()
+        self.model = model
+        self.optimizer, self.scheduler, self.label_smoothing = optimizer, scheduler, label_smoothing
+        self.metrics: Optional[nn.ModuleDict] = None
+
+    # --- data-dependent construction -----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "num_classes"):
+            raise RuntimeError("ClassificationTask needs a data module with num_features and num_classes "
+                               "(datamodules.TUGraphDataModule, MILDataModule or GraphSetDataModule)")
+        self._build(datamodule.num_features, datamodule.num_classes)
+
+    def _build(self, num_features: int, num_classes: int) -> None:
+        self.model.build(num_features, num_classes)
+        if self.metrics is None:
+            self.metrics = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in ("val", "test")})
+            self.metrics.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        num_features, num_classes = self.model.sizes
+        checkpoint["recot_sizes"] = {"num_features": num_features, "num_classes": num_classes}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # load_from_checkpoint builds the module before loading the weights: create the layers at the right size
+        sizes = checkpoint.get("recot_sizes")
+        if sizes is not None:
+            self._build(sizes["num_features"], sizes["num_classes"])
+
+    def configure_optimizers(self):
+        return self.build_optimizers(self.optimizer, self.scheduler, [{"params": list(self.model.parameters())}])
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def _loss(self, batch):
+        logits = self.model(batch)
+        return logits, F.cross_entropy(logits, batch.y, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        logits, loss = self._loss(batch)
+        acc = (logits.argmax(-1) == batch.y).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=False, on_epoch=True,
+                      batch_size=batch.num_graphs)
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        logits, loss = self._loss(batch)
+        self.metrics[stage].update(logits, batch.y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=batch.num_graphs, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_accuracy(self, stage: str) -> None:
+        metric = self.metrics[stage]
+        self.log(f"{stage}/acc", metric.compute(), rank_zero_only=False)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+
+    def on_train_epoch_end(self) -> None:
+        values = self.model.log_values() if hasattr(self.model, "log_values") else {}
+        if values:
+            self.log_dict({f"pool/{k}": v for k, v in values.items()}, rank_zero_only=True)
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = torch.softmax(self.model(batch), -1)
+        return {"probs": probs, "pred": probs.argmax(-1), "y": batch.y}
