@@ -16,11 +16,10 @@ import csv
 import fnmatch
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import yaml
 
@@ -209,7 +208,7 @@ def summary_rows(groups: Sequence[Group], metrics: Sequence[str],
     for g in groups:
         epochs, spe = g.mean_of("epochs"), g.mean_of("seconds_per_epoch")
         base = [g.method, g.backbone or "-", g.dataset, str(len(g.runs)), _seeds(g),
-                "-" if epochs is None else f"{epochs:g}", "-" if spe is None else f"{spe:.2f}",
+                "-" if epochs is None else f"{epochs:.4g}", "-" if spe is None else f"{spe:.2f}",
                 *(_fmt_stat(g.stat(m)) for m in metrics)]
         matches = paper_matches(g, papers) if papers is not None else []
         if papers is None:
