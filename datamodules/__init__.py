@@ -5,7 +5,8 @@ from datamodules.interactions import InteractionData, InteractionDataModule, Tab
 from datamodules.mil import MILDataModule, SyntheticBags
 from datamodules.synthetic import SyntheticSpec
 from datamodules.tu import TUGraphDataModule
+from datamodules.user_vectors import UserVectorData, UserVectorDataModule, load_user_vectors
 
 __all__ = ["DataFormatError", "InteractionData", "InteractionDataModule", "TableSpec", "SyntheticSpec",
            "load_interactions", "TUGraphDataModule", "MILDataModule", "SyntheticBags", "GraphSetDataModule",
-           "SyntheticGraphSets"]
+           "SyntheticGraphSets", "UserVectorData", "UserVectorDataModule", "load_user_vectors"]

@@ -2,7 +2,9 @@
 
 For a user with held-out (target) items T and the ranked list R_k of the k best-scored non-excluded items:
 
-- ``recall@k = |R_k ∩ T| / |T|`` (LightGCN / NGCF convention),
+- ``recall@k = |R_k ∩ T| / |T|`` (LightGCN / NGCF convention, ``recall_denominator="target"``), or
+  ``recall_min@k = |R_k ∩ T| / min(k, |T|)`` (MultVAE / SinkhornCF convention, ``recall_denominator="min"``; the name
+  says which, so the two are never confused in logs and reports),
 - ``precision@k = |R_k ∩ T| / k``,
 - ``hit_rate@k = 1[|R_k ∩ T| > 0]``,
 - ``ndcg@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{r=1..k} 1[R_r ∈ T] / log2(r + 1)`` and the ideal DCG over
@@ -26,6 +28,8 @@ class RankingMetrics(Metric):
     Args:
         k: cut-offs.
         metrics: which of ``recall``, ``ndcg``, ``precision``, ``hit_rate`` to compute.
+        recall_denominator: ``"target"`` divides the hits by ``|T|`` (logged as ``recall@k``); ``"min"`` by
+            ``min(k, |T|)`` (Liang et al. 2018; SinkhornCF Sec. 3.2.1), logged as ``recall_min@k``.
 
     ``update(scores (B, I) float, target (B, I) bool, exclude (B, I) bool or None)``; ``compute()`` returns
     ``{"recall@20": tensor, "ndcg@20": tensor, ...}``.
@@ -34,8 +38,12 @@ class RankingMetrics(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, k: Sequence[int] = (10, 20), metrics: Sequence[str] = METRIC_NAMES, **kwargs):
+    def __init__(self, k: Sequence[int] = (10, 20), metrics: Sequence[str] = METRIC_NAMES,
+                 recall_denominator: str = "target", **kwargs):
         super().__init__(**kwargs)
+        if recall_denominator not in ("target", "min"):
+            raise ValueError(f"recall_denominator must be 'target' or 'min', got {recall_denominator!r}")
+        self.recall_denominator = recall_denominator
         unknown = set(metrics) - set(METRIC_NAMES)
         if unknown:
             raise ValueError(f"unknown ranking metric(s) {sorted(unknown)}; choose from {METRIC_NAMES}")
@@ -47,9 +55,12 @@ class RankingMetrics(Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_users", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
+    def _label(self, metric: str) -> str:
+        return "recall_min" if metric == "recall" and self.recall_denominator == "min" else metric
+
     @property
     def names(self) -> list[str]:
-        return [f"{m}@{k}" for m in self.metrics for k in self.k]
+        return [f"{self._label(m)}@{k}" for m in self.metrics for k in self.k]
 
     def update(self, scores: torch.Tensor, target: torch.Tensor, exclude: Optional[torch.Tensor] = None) -> None:
         if scores.shape != target.shape or (exclude is not None and exclude.shape != scores.shape):
@@ -77,13 +88,13 @@ class RankingMetrics(Metric):
             h = hits[:, :k]
             n_hit = h.sum(1)
             values = {
-                "recall": n_hit / n_target,
+                "recall": n_hit / (n_target if self.recall_denominator == "target" else n_target.clamp(max=k)),
                 "precision": n_hit / k,
                 "hit_rate": (n_hit > 0).to(torch.float64),
                 "ndcg": (h * discount[: h.shape[1]]).sum(1) / ideal[(n_target.clamp(max=min(k, k_max)) - 1)],
             }
             for m in self.metrics:
-                name = f"{m}@{k}"
+                name = f"{self._label(m)}@{k}"
                 setattr(self, name, getattr(self, name) + values[m].sum())
         self.num_users += keep.sum()
 

@@ -90,3 +90,21 @@ def test_bad_arguments():
     m = RankingMetrics()
     with pytest.raises(ValueError, match="same"):
         m.update(torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_recall_denominators_target_vs_min_on_a_hand_case():
+    """Targets {0, 1, 3, 4} of 5 items, ranked list 0, 1, 2, 3, 4: 2 hits in the top 2, 3 in the top 4."""
+    target_conv = RankingMetrics(k=(2, 4, 5), metrics=("recall",))
+    min_conv = RankingMetrics(k=(2, 4, 5), metrics=("recall",), recall_denominator="min")
+    for m in (target_conv, min_conv):
+        m.update(*one_user({0, 1, 3, 4}))
+    a, b = target_conv.compute(), min_conv.compute()
+    assert set(a) == {"recall@2", "recall@4", "recall@5"}  # the logged name says which convention
+    assert set(b) == {"recall_min@2", "recall_min@4", "recall_min@5"}
+    assert a["recall@2"] == pytest.approx(2 / 4)  # hits / |T|
+    assert b["recall_min@2"] == pytest.approx(2 / 2)  # hits / min(k, |T|) = 2 / 2
+    assert a["recall@4"] == pytest.approx(3 / 4)
+    assert b["recall_min@4"] == pytest.approx(3 / 4)  # k = |T|: the conventions agree
+    assert a["recall@5"] == pytest.approx(4 / 4) == b["recall_min@5"]
+    with pytest.raises(ValueError, match="recall_denominator"):
+        RankingMetrics(recall_denominator="k")

@@ -11,7 +11,8 @@ from .badmm import BADMMState, badmm, badmm_init, badmm_step
 from .cost import cosine_cost, cost_scale, dot_cost, normalize_cost, pairwise_cost, sq_euclidean
 from .greenkhorn import greenkhorn
 from .kmeans import KMeansResult, ot_kmeans
-from .losses import entropic_ot, entropy_term, sinkhorn_divergence, sinkhorn_loss
+from .losses import (accelerated_sinkhorn_loss, concentration_loss, entropic_ot, entropy_term, sinkhorn_divergence,
+                     sinkhorn_loss, topk_sinkhorn_loss)
 from .result import OTResult
 from .sinkhorn import sinkhorn
 
@@ -19,9 +20,11 @@ __all__ = [
     "BADMMState",
     "KMeansResult",
     "OTResult",
+    "accelerated_sinkhorn_loss",
     "badmm",
     "badmm_init",
     "badmm_step",
+    "concentration_loss",
     "cosine_cost",
     "cost_scale",
     "dot_cost",
@@ -35,4 +38,5 @@ __all__ = [
     "sinkhorn_divergence",
     "sinkhorn_loss",
     "sq_euclidean",
+    "topk_sinkhorn_loss",
 ]
