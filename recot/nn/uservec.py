@@ -79,30 +79,30 @@ class UserVectorModel(nn.Module):
 
 class FactorizationRows(UserVectorModel):
     """A latent factor recommender (:class:`recot.nn.MF`, :class:`recot.nn.NeuMF`) as a user-vector model:
-    the logits of user ``u`` are its scores for all items, ``f_u = recommender.score(u)``.
+    the logits of user ``u`` are its scores for all items, ``f_u = backbone.score(u)``.
 
     Used for the drop-in loss comparison of SinkhornCF (Tables 3-5): MF (d = 16, ``likelihood: gaussian``) and NeuMF
     (16 factors, one hidden layer of 50, ``likelihood: bernoulli``) trained with their own loss or a Sinkhorn loss.
 
     Args:
-        recommender: the factorization model; its tables are built for all users of the data.
+        backbone: the factorization model; its tables are built for all users of the data.
         likelihood: the observation distribution of its own loss (``gaussian`` for MF, ``bernoulli`` for NeuMF).
     """
 
     inductive = False
 
-    def __init__(self, recommender: Recommender, likelihood: Likelihood = "gaussian"):
+    def __init__(self, backbone: Recommender, likelihood: Likelihood = "gaussian"):
         super().__init__()
-        if recommender.num_layers:
-            raise ValueError(f"{type(recommender).__name__} propagates over a graph; FactorizationRows takes a plain "
+        if backbone.num_layers:
+            raise ValueError(f"{type(backbone).__name__} propagates over a graph; FactorizationRows takes a plain "
                              f"factorization model (MF, NeuMF)")
         negative_log_likelihood(likelihood, torch.zeros(1, 1), torch.zeros(1, 1))  # validates the name
-        self.recommender = recommender
+        self.backbone = backbone
         self.likelihood = likelihood
 
     def reset_for(self, num_users: int, num_items: int) -> None:
-        self.recommender.build(num_users, num_items)
+        self.backbone.build(num_users, num_items)
 
     def forward(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        user_emb, item_emb = self.recommender.embed()
-        return self.recommender.score(users, take_rows(user_emb, users), item_emb)
+        user_emb, item_emb = self.backbone.embed()
+        return self.backbone.score(users, take_rows(user_emb, users), item_emb)

@@ -225,7 +225,7 @@ def topk_sinkhorn_loss(
     k: Optional[int] = 200,
     eps: float = 1.0,
     n_iter: int = 5,
-    max_elements: int = 1 << 24,
+    max_elements: int = 1 << 20,
 ) -> Tensor:
     r"""Sinkhorn loss :math:`\mathcal L_1 = \langle C[I_1, I_k], P_L\rangle` of SinkhornCF (Alg. 1, lines 2-8).
 
@@ -309,7 +309,7 @@ def accelerated_sinkhorn_loss(
     alpha: float = 0.03,
     eps: float = 1.0,
     n_iter: int = 5,
-    max_elements: int = 1 << 24,
+    max_elements: int = 1 << 20,
 ) -> tuple[Tensor, Tensor]:
     r"""The accelerated Sinkhorn loss of SinkhornCF (Alg. 1): ``L = L1 + L2`` per user.
 

@@ -58,7 +58,7 @@ class AutoencoderTask(Task):
     def __init__(self, model: UserVectorModel, optimizer: OptimizerCallable = torch.optim.Adam,
                  scheduler: Optional[LRSchedulerCallable] = None, loss: LossKind = "model", k: int = 200,
                  alpha: float = 0.03, eps: float = 1.0, n_iter: int = 5, cost: Optional[ItemCosineCost] = None,
-                 max_elements: int = 1 << 24, sinkhorn_every: int = 1, k_eval: Sequence[int] = (20, 50, 100),
+                 max_elements: int = 1 << 20, sinkhorn_every: int = 1, k_eval: Sequence[int] = (20, 50, 100),
                  recall_denominator: Literal["min", "target"] = "min"):
         super().__init__()
         self.save_task_hyperparameters()

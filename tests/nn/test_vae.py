@@ -59,18 +59,18 @@ def test_factorization_rows_score_all_items_of_the_batch_users():
     mf.build(10, 9)
     batch = torch.tensor([7, 2, 2, 9])
     logits = mf(batch, x)
-    u, i = mf.recommender.embed()
+    u, i = mf.backbone.embed()
     torch.testing.assert_close(logits, u[batch] @ i.T)
     torch.testing.assert_close(negative_log_likelihood("gaussian", logits, x), (x - logits).pow(2).sum(1))
     logits.sum().backward()
-    touched = mf.recommender.user_embedding.weight.grad.abs().sum(1) > 0
+    touched = mf.backbone.user_embedding.weight.grad.abs().sum(1) > 0
     assert touched.nonzero().flatten().tolist() == [2, 7, 9]  # only the batch's users
 
     neumf = FactorizationRows(NeuMF(gmf_dim=16, mlp_layers=[32, 50]), likelihood="bernoulli")
     neumf.build(10, 9)
-    u, i = neumf.recommender.embed()
+    u, i = neumf.backbone.embed()
     logits = neumf(batch, x)
-    torch.testing.assert_close(logits, neumf.recommender.pair_score(u[batch][:, None], i[None]))
+    torch.testing.assert_close(logits, neumf.backbone.pair_score(u[batch][:, None], i[None]))
     torch.testing.assert_close(negative_log_likelihood("bernoulli", logits, x),
                                torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1))
     with pytest.raises(ValueError, match="likelihood"):
