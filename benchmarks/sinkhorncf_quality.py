@@ -31,16 +31,18 @@ PAPER = {"multvae/ml-20m (paper Table 6)": (0.400, 0.538, 0.429), "sinkhorncf/ml
          "Mult-VAE on ML-20M-S, own / Sinkhorn loss (Table 5)": (None, None, "0.461 / 0.476")}
 
 
-def run_name(config: str, seed: int) -> str:
-    return config.replace("/", "-") + f"-s{seed}"
+def run_name(config: str, seed: int, epochs: int | None) -> str:
+    budget = "" if epochs is None else f"-e{epochs}"
+    return config.replace("/", "-") + f"{budget}-s{seed}"
 
 
 def run(config: str, seed: int, args) -> None:
-    folder = Path(args.out) / run_name(config, seed)
+    name = run_name(config, seed, args.epochs)
+    folder = Path(args.out) / name
     if (folder / "results.json").is_file() and "test" in json.loads((folder / "results.json").read_text()):
         return
     cmd = [sys.executable, "-m", "recot.cli", "fit", "--config", str(REPO / "configs" / f"{config}.yaml"),
-           "--data.init_args.data_dir", args.data_dir, "--run_root", args.out, "--name", run_name(config, seed),
+           "--data.init_args.data_dir", args.data_dir, "--run_root", args.out, "--name", name,
            "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
            "--trainer.enable_model_summary", "false"]
     if args.epochs is not None:
@@ -62,13 +64,13 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
-def report(configs: list[str], seeds: list[int], out: str) -> None:
-    print(f"\n| config | seeds | epochs (best) | s/epoch | Recall@20 | Recall@50 | NDCG@100 |")
+def report(configs: list[str], seeds: list[int], out: str, epochs: int | None) -> None:
+    print("\n| config | seeds | epochs (best) | s/epoch | Recall@20 | Recall@50 | NDCG@100 |")
     print("|---|---|---|---|---|---|---|")
     for config in configs:
         found = []
         for seed in seeds:
-            file = Path(out) / run_name(config, seed) / "results.json"
+            file = Path(out) / run_name(config, seed, epochs) / "results.json"
             if file.is_file():
                 res = json.loads(file.read_text())
                 if "test" in res:
@@ -91,7 +93,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="/tmp/sinkhorncf-quality", help="run root")
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config paths below configs/, no .yaml")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--epochs", type=int, default=None, help="override the configs' max_epochs (a fixed budget)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the configs' max_epochs (a fixed budget; part of the run names)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
@@ -99,7 +102,7 @@ def main(argv=None) -> None:
         for config in args.configs:
             for seed in args.seeds:
                 run(config, seed, args)
-    report(args.configs, args.seeds, args.out)
+    report(args.configs, args.seeds, args.out, args.epochs)
 
 
 if __name__ == "__main__":
