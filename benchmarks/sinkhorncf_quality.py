@@ -77,11 +77,11 @@ def report(configs: list[str], seeds: list[int], out: str, epochs: int | None) -
                     found.append(res)
         if not found:
             continue
-        epochs = sorted({r.get("epochs") for r in found})
+        ran = sorted({r.get("epochs") for r in found})
         best = [r.get("best_epoch") for r in found]
         cells = [fmt([r["test"][m] for r in found]) for m in METRICS]
         spe = statistics.mean(r.get("seconds_per_epoch") or float("nan") for r in found)
-        print(f"| {config} | {len(found)} | {'/'.join(map(str, epochs))} ({', '.join(map(str, best))}) | {spe:.1f} | "
+        print(f"| {config} | {len(found)} | {'/'.join(map(str, ran))} ({', '.join(map(str, best))}) | {spe:.1f} | "
               + " | ".join(cells) + " |")
     for name, values in PAPER.items():
         print(f"| {name} | | | | " + " | ".join("-" if v is None else str(v) for v in values) + " |")
