@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional, Sequence
 
-import lightning as L
 import numpy as np
 import scipy.sparse as sp
 import torch
-from lightning.pytorch.utilities import rank_zero_info
-
+from datamodules.base import ResumableEpochs, SeededDataModule
 from datamodules.download import ensure_dataset
 from datamodules.errors import DataFormatError, missing_file
 from datamodules.readers import (LIGHTGCN_FORMAT, MOVIELENS_FILES, read_id_list, read_lightgcn, read_movielens,
@@ -114,21 +112,9 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
 
     if fmt == "lightgcn":
         return _load_lightgcn(path, name, split, test_ratio, val_ratio, rng)
-    if fmt == "movielens":
-        file = path if path.is_file() else next((path / f for f in MOVIELENS_FILES if (path / f).is_file()), None)
-        if file is None:
-            raise missing_file(path / MOVIELENS_FILE_OF.get(name, "u.data"),
-                               "a MovieLens ratings file: " + ", ".join(MOVIELENS_FILES), hint=_source_hint(name))
-        users, items, ratings = read_movielens(file)
-    elif fmt == "table":
-        spec = table or TableSpec()
-        file = path if path.is_file() else path / spec.file
-        cols = [spec.user_col, spec.item_col] + ([spec.rating_col] if spec.rating_col is not None else [])
-        arr = read_table(file, sep=spec.sep, columns=cols, header=spec.header)
-        users, items = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
-        ratings = arr[:, 2] if spec.rating_col is not None else None
-    else:
+    if fmt not in ("movielens", "table"):
         raise ValueError(f"format must be one of auto, lightgcn, movielens, table, synthetic; got {format!r}")
+    users, items, ratings = read_ratings(path, fmt, table)
 
     if rating_threshold is not None:
         if ratings is None:
@@ -144,6 +130,26 @@ def load_interactions(dataset: str = "synthetic", data_dir: Optional[str] = None
     data = _random_split(name, users, items, user_ids.size, item_ids.size, test_ratio, val_ratio, rng)
     data.user_ids, data.item_ids = user_ids, item_ids
     return data
+
+
+def read_ratings(path: Path, fmt: str, table: Optional[TableSpec] = None
+                 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Raw ``(users, items, ratings)`` (ids as in the file; ratings None for a table without a rating column) of a
+    MovieLens ratings file (``fmt="movielens"``: ``path`` is the file or its folder) or a delimited table."""
+    name = path.stem if path.is_file() else path.name
+    if fmt == "movielens":
+        file = path if path.is_file() else next((path / f for f in MOVIELENS_FILES if (path / f).is_file()), None)
+        if file is None:
+            raise missing_file(path / MOVIELENS_FILE_OF.get(name, "u.data"),
+                               "a MovieLens ratings file: " + ", ".join(MOVIELENS_FILES),
+                               hint=_source_hint(name) + " Set data_dir (or $RECOT_DATA) to the folder that holds it.")
+        return read_movielens(file)
+    spec = table or TableSpec()
+    file = path if path.is_file() else path / spec.file
+    cols = [spec.user_col, spec.item_col] + ([spec.rating_col] if spec.rating_col is not None else [])
+    arr = read_table(file, sep=spec.sep, columns=cols, header=spec.header)
+    ratings = arr[:, 2] if spec.rating_col is not None else None
+    return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), ratings
 
 
 def fetch_if_missing(dataset: str, data_dir: Optional[str], download: bool = True) -> Path:
@@ -220,7 +226,7 @@ def _random_split(name: str, users: np.ndarray, items: np.ndarray, num_users: in
                            to_csr(users[test], items[test], num_users, num_items))
 
 
-class BPRBatches:
+class BPRBatches(ResumableEpochs):
     """Training batches of (user, positive, negatives) triples, one epoch per ``iter()``.
 
     Per epoch, ``len(train)`` triples are drawn: user uniformly among users with training items, positive uniformly
@@ -230,15 +236,12 @@ class BPRBatches:
 
     Batches are dicts ``users (B,)``, ``pos (B,)``, ``neg (B, num_negatives)`` of int64.
 
-    Resumable mid-epoch (Lightning's stateful-loader interface, saved in checkpoints by the fit loop): the state is the
-    generator state the current epoch was drawn from and the number of its batches already trained, so a resumed
-    ``iter()`` redraws the same epoch and skips those batches. The number trained comes from ``position`` (a callable
-    returning ``(batches trained in this epoch, batches per epoch)``, from the trainer), not from the batches yielded:
-    Lightning fetches one batch ahead of the one being trained.
+    Resumable mid-epoch (:class:`datamodules.base.ResumableEpochs`, saved in checkpoints by the fit loop).
     """
 
     def __init__(self, train: sp.csr_matrix, batch_size: int, num_negatives: int, generator: torch.Generator,
                  rank: int = 0, world_size: int = 1, position: Optional[Callable[[], tuple[int, int]]] = None):
+        super().__init__(generator, position)
         self.num_items = train.shape[1]
         self.indptr = torch.from_numpy(train.indptr.astype(np.int64))
         self.indices = torch.from_numpy(train.indices.astype(np.int64))
@@ -251,10 +254,7 @@ class BPRBatches:
         self.keys = user_of * self.num_items + self.indices  # sorted: CSR rows in order, sorted columns
         self.num_samples = int(train.nnz) // world_size
         self.batch_size, self.num_negatives = batch_size, num_negatives
-        self.generator, self.rank, self.world_size = generator, rank, world_size
-        self.position = position
-        self._epoch_start: Optional[torch.Tensor] = None  # generator state before the current epoch's draw
-        self._resume: Optional[dict] = None
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
@@ -277,27 +277,11 @@ class BPRBatches:
         return self.keys[idx] == q
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        skip = 0
-        if self._resume is not None:
-            state, self._resume = self._resume, None
-            self.generator.set_state(state["generator"])
-            skip = int(state["batches_done"])
-        self._epoch_start = self.generator.get_state()
+        skip = self.start_epoch()
         full = self.sample(self.num_samples * self.world_size)
         shard = {k: v[self.rank::self.world_size] for k, v in full.items()}
         for s in range(skip * self.batch_size, self.num_samples, self.batch_size):
             yield {k: v[s:s + self.batch_size] for k, v in shard.items()}
-
-    def state_dict(self) -> dict:
-        """Where the next ``iter()`` continues: mid-epoch, the epoch's draw and the batches already trained."""
-        done, per_epoch = self.position() if self.position is not None else (0, 0)
-        if self._epoch_start is None or done >= per_epoch > 0:
-            # no epoch under way (or it is finished): the next iter() draws a fresh epoch from the current state
-            return {"generator": self.generator.get_state(), "batches_done": 0}
-        return {"generator": self._epoch_start, "batches_done": done}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume = dict(state_dict)
 
 
 class UserBatches:
@@ -340,7 +324,7 @@ def _dense_rows(mat: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
     return out
 
 
-class InteractionDataModule(L.LightningDataModule):
+class InteractionDataModule(SeededDataModule):
     """Implicit-feedback recommendation data for BPR training and full-ranking evaluation.
 
     Args:
@@ -377,47 +361,18 @@ class InteractionDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_negatives = batch_size, eval_batch_size, num_negatives
         self.seed = seed
         self.data: Optional[InteractionData] = None
-        self.generator: Optional[torch.Generator] = None
-        self._pending_state: Optional[dict] = None
 
-    @property
-    def name(self) -> str:
-        return self.data.name if self.data is not None else Path(self.args["dataset"]).name
+    def load(self, seed: int) -> InteractionData:
+        return load_interactions(**self.args, seed=seed)
 
-    def prepare_data(self) -> None:
-        """Download a missing public data set: once per node (Lightning calls this on local rank 0 only)."""
-        dataset = self.args["dataset"]
-        if self.args["format"] != "synthetic" and dataset != "synthetic" and not Path(dataset).expanduser().exists():
-            fetch_if_missing(dataset, self.args["data_dir"], self.args["download"])
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.data is not None:
-            return
-        seed = self.seed if self.seed is not None else torch.initial_seed() % 2**32
-        self.data = load_interactions(**self.args, seed=seed)
-        self.generator = torch.Generator().manual_seed(seed + 1)
-        if self._pending_state is not None:
-            self.load_state_dict(self._pending_state)
+    def describe(self) -> str:
         s = self.data.stats()
-        rank_zero_info(f"[recot] {s['dataset']}: {s['users']:,} users, {s['items']:,} items, "
-                       f"{s['train']:,} train / {s['val']:,} val / {s['test']:,} test interactions, "
-                       f"density {s['density']:.5f}")
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return (f"[recot] {s['dataset']}: {s['users']:,} users, {s['items']:,} items, "
+                f"{s['train']:,} train / {s['val']:,} val / {s['test']:,} test interactions, density {s['density']:.5f}")
 
     def train_dataloader(self) -> BPRBatches:
         return BPRBatches(self.data.train, self.batch_size, self.num_negatives, self.generator,
                           *self._rank_world(), position=self._train_position)
-
-    def _train_position(self) -> tuple[int, int]:
-        """(batches trained so far in the current epoch, batches per epoch), from the trainer's fit loop."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return progress.processed, trainer.num_training_batches
 
     def val_dataloader(self) -> UserBatches:
         return UserBatches(self.data.val, [self.data.train], self.eval_batch_size, *self._rank_world())
@@ -430,13 +385,3 @@ class InteractionDataModule(L.LightningDataModule):
         """All users; training items are excluded from their recommendations."""
         return UserBatches(None, [self.data.train], self.eval_batch_size, *self._rank_world(),
                            users=np.arange(self.data.num_users))
-
-    def state_dict(self) -> dict:
-        # the sampler's generator: a resumed run continues the same negative-sample stream
-        return {"sampler_generator": self.generator.get_state()} if self.generator is not None else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.generator is None:
-            self._pending_state = state_dict
-        elif "sampler_generator" in state_dict:
-            self.generator.set_state(state_dict["sampler_generator"])

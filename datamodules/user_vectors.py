@@ -27,17 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
 
-import lightning as L
 import numpy as np
 import scipy.sparse as sp
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.base import ResumableEpochs, SeededDataModule
 from datamodules.errors import DataFormatError, missing_file
 from datamodules.interactions import (MOVIELENS_FILE_OF, TableSpec, _dense_rows, _detect_format, _source_hint,
-                                      fetch_if_missing)
+                                      fetch_if_missing, read_ratings)
 from datamodules.netflix import read_netflix
-from datamodules.readers import LIGHTGCN_FORMAT, MOVIELENS_FILES, read_id_list, read_lightgcn, read_movielens, read_table
+from datamodules.readers import LIGHTGCN_FORMAT, read_id_list, read_lightgcn
 from datamodules.splits import per_user_holdout, remap, to_csr
 from datamodules.synthetic import SyntheticSpec, planted_interactions
 
@@ -104,22 +103,10 @@ def read_positives(dataset: str, data_dir: Optional[str] = None, *, format: Form
         sizes = [None if ids is None else ids.size for ids in id_list]
         parts = [read_lightgcn(f, num_users=sizes[0], num_items=sizes[1], allow_empty_users=True) for f in files]
         users, items = np.concatenate([u for u, _ in parts]), np.concatenate([i for _, i in parts])
-    elif format == "movielens":
-        file = path if path.is_file() else next((path / f for f in MOVIELENS_FILES if (path / f).is_file()), None)
-        if file is None:
-            raise missing_file(path / MOVIELENS_FILE_OF.get(name, "u.data"),
-                               "a MovieLens ratings file: " + ", ".join(MOVIELENS_FILES),
-                               hint=_source_hint(name) + " Set data_dir (or $RECOT_DATA) to the folder that holds it.")
-        users, items, ratings = read_movielens(file)
+    elif format in ("movielens", "table"):
+        users, items, ratings = read_ratings(path, format, table)
     elif format == "netflix":
         users, items, ratings = read_netflix(path)
-    elif format == "table":
-        spec = table or TableSpec()
-        file = path if path.is_file() else path / spec.file
-        cols = [spec.user_col, spec.item_col] + ([spec.rating_col] if spec.rating_col is not None else [])
-        arr = read_table(file, sep=spec.sep, columns=cols, header=spec.header)
-        users, items = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
-        ratings = arr[:, 2] if spec.rating_col is not None else None
     else:
         raise ValueError(f"format must be one of auto, movielens, lightgcn, table, netflix, synthetic; got {format!r}")
     if ratings is not None and rating_threshold is not None:
@@ -191,48 +178,32 @@ def load_user_vectors(dataset: str = "synthetic", data_dir: Optional[str] = None
         train_users, val_users, test_users, user_ids=user_ids, item_ids=item_ids)
 
 
-class RowBatches:
+class RowBatches(ResumableEpochs):
     """Shuffled training batches of user rows ``{"users": (B,), "x": (B, I) float32}``, one epoch per ``iter()``.
 
     The order of each epoch is drawn from ``generator``; under DDP every rank draws the same permutation and keeps
-    every ``world_size``-th user. Resumable mid-epoch like :class:`datamodules.interactions.BPRBatches`: the state is
-    the generator state the epoch was drawn from and the batches already trained (from ``position``).
+    every ``world_size``-th user. Resumable mid-epoch (:class:`datamodules.base.ResumableEpochs`).
     """
 
     def __init__(self, matrix: sp.csr_matrix, users: np.ndarray, batch_size: int, generator: torch.Generator,
                  rank: int = 0, world_size: int = 1, position: Optional[Callable[[], tuple[int, int]]] = None):
+        super().__init__(generator, position)
         if users.size == 0:
             raise ValueError("no training users")
         self.matrix, self.users, self.batch_size = matrix, users, batch_size
-        self.generator, self.rank, self.world_size, self.position = generator, rank, world_size, position
+        self.rank, self.world_size = rank, world_size
         self.num_rows = users.size // world_size if world_size > 1 else users.size
-        self._epoch_start: Optional[torch.Tensor] = None
-        self._resume: Optional[dict] = None
 
     def __len__(self) -> int:
         return math.ceil(self.num_rows / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        skip = 0
-        if self._resume is not None:
-            state, self._resume = self._resume, None
-            self.generator.set_state(state["generator"])
-            skip = int(state["batches_done"])
-        self._epoch_start = self.generator.get_state()
+        skip = self.start_epoch()
         order = self.users[torch.randperm(self.users.size, generator=self.generator).numpy()]
         shard = order[self.rank::self.world_size][: self.num_rows]
         for s in range(skip * self.batch_size, shard.size, self.batch_size):
             users = shard[s:s + self.batch_size]
             yield {"users": torch.from_numpy(users.astype(np.int64)), "x": _dense_rows(self.matrix, users).float()}
-
-    def state_dict(self) -> dict:
-        done, per_epoch = self.position() if self.position is not None else (0, 0)
-        if self._epoch_start is None or done >= per_epoch > 0:
-            return {"generator": self.generator.get_state(), "batches_done": 0}
-        return {"generator": self._epoch_start, "batches_done": done}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume = dict(state_dict)
 
 
 class FoldInBatches:
@@ -257,7 +228,7 @@ class FoldInBatches:
             yield batch
 
 
-class UserVectorDataModule(L.LightningDataModule):
+class UserVectorDataModule(SeededDataModule):
     """User vectors for autoencoder-style recommenders under strong generalization (module docstring).
 
     Args:
@@ -295,30 +266,15 @@ class UserVectorDataModule(L.LightningDataModule):
         self.fold_in_training = fold_in_training
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.data: Optional[UserVectorData] = None
-        self.generator: Optional[torch.Generator] = None
-        self._pending_state: Optional[dict] = None
 
-    @property
-    def name(self) -> str:
-        return self.data.name if self.data is not None else Path(self.args["dataset"]).name
+    def load(self, seed: int) -> UserVectorData:
+        return load_user_vectors(**self.args, seed=seed)
 
-    def prepare_data(self) -> None:
-        dataset = self.args["dataset"]
-        if self.args["format"] != "synthetic" and dataset != "synthetic" and not Path(dataset).expanduser().exists():
-            fetch_if_missing(dataset, self.args["data_dir"], self.args["download"])
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.data is not None:
-            return
-        seed = self.seed if self.seed is not None else torch.initial_seed() % 2**32
-        self.data = load_user_vectors(**self.args, seed=seed)
-        self.generator = torch.Generator().manual_seed(seed + 1)
-        if self._pending_state is not None:
-            self.load_state_dict(self._pending_state)
+    def describe(self) -> str:
         s = self.data.stats()
-        rank_zero_info(f"[recot] {s['dataset']}: {s['users']:,} users ({s['train_users']:,} train / "
-                       f"{s['val_users']:,} val / {s['test_users']:,} test), {s['items']:,} items, "
-                       f"{s['interactions']:,} positives ({s['held_out']:,} held out)")
+        return (f"[recot] {s['dataset']}: {s['users']:,} users ({s['train_users']:,} train / {s['val_users']:,} val / "
+                f"{s['test_users']:,} test), {s['items']:,} items, {s['interactions']:,} positives "
+                f"({s['held_out']:,} held out)")
 
     @property
     def training_users(self) -> np.ndarray:
@@ -327,16 +283,6 @@ class UserVectorDataModule(L.LightningDataModule):
         if not self.fold_in_training:
             return d.train_users
         return np.sort(np.concatenate([d.train_users, d.val_users, d.test_users]))
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _train_position(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed, trainer.num_training_batches
 
     def train_dataloader(self) -> RowBatches:
         d = self.data
@@ -357,12 +303,3 @@ class UserVectorDataModule(L.LightningDataModule):
         d = self.data
         users = np.sort(np.concatenate([d.val_users, d.test_users]))
         return FoldInBatches(d.fold_in, None, users, self.eval_batch_size, *self._rank_world())
-
-    def state_dict(self) -> dict:
-        return {"batch_generator": self.generator.get_state()} if self.generator is not None else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.generator is None:
-            self._pending_state = state_dict
-        elif "batch_generator" in state_dict:
-            self.generator.set_state(state_dict["batch_generator"])
