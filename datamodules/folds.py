@@ -81,7 +81,7 @@ class FoldDataModule(L.LightningDataModule):
     """
 
     def __init__(self, fold: int = 0, num_folds: int = 10, val_fraction: float = 0.1, split_seed: int = 0,
-                 batch_size: int = 32, eval_batch_size: int = 256):
+                 batch_size: int = 32, eval_batch_size: int = 64):
         super().__init__()
         self.fold, self.num_folds, self.val_fraction, self.split_seed = fold, num_folds, val_fraction, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

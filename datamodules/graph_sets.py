@@ -118,7 +118,7 @@ class GraphSetDataModule(FoldDataModule):
                  synthetic: Optional[SyntheticGraphSets] = None,
                  node_features: Literal["auto", "labels", "degree", "constant"] = "auto", fold: int = 0,
                  num_folds: int = 10, val_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 32,
-                 eval_batch_size: int = 256):
+                 eval_batch_size: int = 64):
         super().__init__(fold, num_folds, val_fraction, split_seed, batch_size, eval_batch_size)
         self.save_hyperparameters()
         self.dataset, self.data_dir, self.cache_dir = dataset, data_dir, cache_dir

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import scipy.io
@@ -207,7 +207,7 @@ class MILDataModule(FoldDataModule):
     def __init__(self, dataset: str = "musk1", data_dir: Optional[str] = None, file: Optional[str] = None,
                  standardize: bool = True, synthetic: Optional[SyntheticBags] = None, fold: int = 0,
                  num_folds: int = 10, val_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 128,
-                 eval_batch_size: int = 256):
+                 eval_batch_size: int = 64):
         super().__init__(fold, num_folds, val_fraction, split_seed, batch_size, eval_batch_size)
         self.save_hyperparameters()
         self.dataset, self.data_dir, self.file, self.standardize = dataset, data_dir, file, standardize

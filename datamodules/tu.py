@@ -130,7 +130,7 @@ class TUGraphDataModule(FoldDataModule):
     def __init__(self, dataset: str = "mutag", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                  node_features: Literal["auto", "labels", "degree", "constant"] = "auto",
                  max_degree: Optional[int] = None, fold: int = 0, num_folds: int = 10, val_fraction: float = 0.1,
-                 split_seed: int = 0, batch_size: int = 32, eval_batch_size: int = 256):
+                 split_seed: int = 0, batch_size: int = 32, eval_batch_size: int = 64):
         super().__init__(fold, num_folds, val_fraction, split_seed, batch_size, eval_batch_size)
         self.save_hyperparameters()
         self.dataset, self.data_dir, self.cache_dir = dataset, data_dir, cache_dir

@@ -148,7 +148,9 @@ class RecotCLI(LightningCLI):
             trainer_config["plugins"] = [*plugins, slurm_plugin()]
         if self.subcommand == "predict":
             task.predict_k = self.config["predict"].top_k
-            callbacks.append(RecommendationWriter(self.run_dir / "predictions.csv"))
+            # a task may write its own kind of predictions (classification: one row per set)
+            writer = getattr(task, "prediction_writer", RecommendationWriter)
+            callbacks.append(writer(self.run_dir / "predictions.csv"))
         user_callbacks = trainer_config.get("callbacks") or []
         if not any(isinstance(c, ProgressBar) for c in user_callbacks) and trainer_config.get("enable_progress_bar",
                                                                                               True) is not False:

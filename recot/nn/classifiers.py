@@ -22,9 +22,14 @@ from recot.nn.aggr.hierarchical import SetFusion
 
 def pooled_size(pooling: Aggregation, in_channels: int) -> int:
     """Output size of ``pooling`` for inputs of ``in_channels`` features (Set2Set doubles it, OTK multiplies...)."""
-    with torch.no_grad():
-        x = torch.zeros(2, in_channels)
-        return int(pooling(x, torch.zeros(2, dtype=torch.long), dim_size=1).shape[-1])
+    training = pooling.training
+    pooling.eval()  # e.g. batch norm inside a DeepSet's MLPs: no statistics from the dummy set
+    try:
+        with torch.no_grad():
+            x = torch.zeros(2, in_channels)
+            return int(pooling(x, torch.zeros(2, dtype=torch.long), dim_size=1).shape[-1])
+    finally:
+        pooling.train(training)
 
 
 def mlp_head(in_channels: int, hidden_channels: int, num_classes: int, dropout: float) -> nn.Sequential:

@@ -1,10 +1,13 @@
 """Classification of sets and graphs (graph classification, multi-instance learning, set fusion)."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -106,3 +109,37 @@ class ClassificationTask(Task):
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = torch.softmax(self.model(batch), -1)
         return {"probs": probs, "pred": probs.argmax(-1), "y": batch.y}
+
+    @staticmethod
+    def prediction_writer(path: Path) -> BasePredictionWriter:
+        """``recot predict`` writes the data module's predict split (the test fold) with this callback."""
+        return ClassPredictionWriter(path)
+
+
+class ClassPredictionWriter(BasePredictionWriter):
+    """``predictions.csv``: one row per set of the predict split, ``set,label,pred,prob_0,...`` (``set`` counts
+    the split's sets in loader order; under DDP each rank writes ``<stem>.rank<r>.csv``)."""
+
+    def __init__(self, path: Path):
+        super().__init__(write_interval="batch")
+        self.path, self._file, self._writer, self._count = Path(path), None, None, 0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        path = self.path if trainer.world_size == 1 else self.path.with_name(
+            f"{self.path.stem}.rank{trainer.global_rank}{self.path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file, self._count = path.open("w", newline=""), 0
+        self._writer = csv.writer(self._file)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        probs = prediction["probs"].cpu()
+        if self._count == 0:
+            self._writer.writerow(["set", "label", "pred", *(f"prob_{c}" for c in range(probs.shape[1]))])
+        for y, pred, row in zip(prediction["y"].tolist(), prediction["pred"].tolist(), probs.tolist()):
+            self._writer.writerow([self._count, y, pred, *(f"{p:.6g}" for p in row)])
+            self._count += 1
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -64,3 +64,15 @@ def test_a_model_built_for_other_sizes_is_refused():
     model.build(8, 2)
     with pytest.raises(RuntimeError, match=r"was built for \(8, 2\)"):
         model.build(9, 2)
+
+
+def test_predict_writes_one_row_per_test_set_matching_the_test_accuracy(fitted):
+    import csv
+    run, out = fitted
+    run_cli("predict", "--ckpt_path", out["best_checkpoint"], *QUIET)
+    with open(run / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 32  # the test fold: 160 bags / 5 folds
+    acc = sum(r["label"] == r["pred"] for r in rows) / len(rows)
+    assert acc == pytest.approx(out["test"]["test/acc"])
+    assert all(abs(float(r["prob_0"]) + float(r["prob_1"]) - 1) < 1e-5 for r in rows)
