@@ -7,7 +7,8 @@ from recot.nn import NeuMF
 
 @pytest.fixture(scope="module")
 def model():
-    data = load_interactions("synthetic", synthetic=SyntheticSpec(num_users=12, num_items=9, min_items_per_user=2, max_items_per_user=6))
+    spec = SyntheticSpec(num_users=12, num_items=9, min_items_per_user=2, max_items_per_user=6)
+    data = load_interactions("synthetic", synthetic=spec)
     torch.manual_seed(0)
     m = NeuMF(gmf_dim=3, mlp_layers=[8, 4, 2], init_std=0.5, max_pairs=10)  # 10 pairs per chunk: 1 user per chunk
     m.bind(data)
