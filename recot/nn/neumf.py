@@ -42,7 +42,7 @@ class NeuMF(EmbeddingTables):
         self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(mlp_layers, mlp_layers[1:]))
         self.predict = nn.Linear(gmf_dim + mlp_layers[-1], 1)
         for lin in (*self.mlp, self.predict):
-            nn.init.xavier_uniform_(lin.weight)  # Glorot, as the authors' code initialises its dense layers
+            nn.init.xavier_uniform_(lin.weight)  # Glorot uniform: Keras' default, which the authors' MLP layers use
             nn.init.zeros_(lin.bias)
 
     def _split(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
