@@ -86,6 +86,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, title: Optional[str] = None) 
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (name, metrics) in zip(axes.flat, panels):
+        longest = max(len(curves.get(m) or ()) for curves in runs.values() for m in metrics)
         for r, (label, curves) in enumerate(runs.items()):
             for j, metric in enumerate(metrics):
                 series = curves.get(metric)
@@ -93,7 +94,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, title: Optional[str] = None) 
                     continue
                 epochs = sorted(series)
                 line_label = label if len(metrics) == 1 else f"{label} {metric.rsplit('/', 1)[-1]}"
-                ax.plot(epochs, [series[e] for e in epochs], marker="o" if len(epochs) < 30 else None, ms=3,
+                ax.plot(epochs, [series[e] for e in epochs], marker="o" if longest < 30 else None, ms=3,
                         color=colors[r % len(colors)], alpha=1.0 if len(metrics) == 1 else 0.5 + 0.5 / (1 + j),
                         linestyle=["-", "--", ":", "-."][j % 4], label=line_label)
         ax.set_title(name, fontsize=10)
@@ -108,7 +109,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, title: Optional[str] = None) 
         fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 
@@ -158,7 +159,7 @@ def plot_ot_example(out: Path, n: int = 12, m: int = 16, eps: float = 0.01, seed
     ax1.set_title("matched mass (lines: P_ij > 20% of max P)", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 
