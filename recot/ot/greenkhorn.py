@@ -42,7 +42,18 @@ from torch import Tensor
 
 from .result import OTResult
 from .sinkhorn import differentiate
-from .utils import Problem, check_grad_mode, iterate, log_kernel, lse_cols, lse_rows, masked_log, setup_problem
+from .utils import (
+    Problem,
+    check_grad_mode,
+    clamped_exp_,
+    iterate,
+    log_kernel,
+    logsumexp,
+    lse_cols,
+    lse_rows,
+    masked_log,
+    setup_problem,
+)
 
 __all__ = ["greenkhorn"]
 
@@ -62,7 +73,7 @@ def _block_update(pot, other, logk_t, idx, log_w, mask, chosen, marg_self, marg_
     size = logk_t.shape[-1]
     lk = logk_t.gather(-2, idx[..., :, None].expand(*idx.shape, size))  # (*, k, size)
     t = lk + other[..., None, :]
-    lse = torch.logsumexp(t, -1)
+    lse = logsumexp(t, -1)
     old = pot.gather(-1, idx)
     ok = chosen[..., None]
     if mask is not None:
@@ -70,7 +81,7 @@ def _block_update(pot, other, logk_t, idx, log_w, mask, chosen, marg_self, marg_
     new = torch.where(ok, log_w.gather(-1, idx) - lse, old)
     pot = pot.scatter(-1, idx, new)
     with torch.no_grad():
-        delta = (t + new[..., None]).exp() - (t + old[..., None]).exp()
+        delta = clamped_exp_(t + new[..., None]) - clamped_exp_(t + old[..., None])
         marg_other = marg_other + delta.sum(-2)
         marg_self = marg_self.scatter(-1, idx, torch.where(ok, (new + lse).exp(), marg_self.gather(-1, idx)))
     return pot, marg_self, marg_other
