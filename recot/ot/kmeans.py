@@ -99,6 +99,7 @@ def ot_kmeans(
     tol: float = 1e-6,
     grad: str = "implicit",
     warm_start: bool = True,
+    potentials: Optional[tuple[Tensor, Tensor]] = None,
     **solver_kwargs,
 ) -> KMeansResult:
     r"""Balanced OT k-means, differentiable wrt ``x``.
@@ -121,6 +122,9 @@ def ot_kmeans(
         max_iter, tol, grad, solver_kwargs: passed to the OT solver; ``grad="implicit"`` (default)
             keeps memory independent of the solver's iterations.
         warm_start: start each round's solver from the previous round's potentials.
+        potentials: ``(f (*batch, N), g (*batch, K))`` warm start of the first round's solver, e.g.
+            ``result.ot.f, result.ot.g`` of a previous call on slowly moving points (GOTNet's
+            mini-batches); None = the solver's cold start.
 
     Returns:
         :class:`KMeansResult`. Gradients flow from ``plan``, ``centroids`` and ``loss`` to ``x``
@@ -147,7 +151,10 @@ def ot_kmeans(
     res = None
     for _ in range(n_iter):
         c = normalize_cost(pairwise_cost(x, centroids, cost), normalize, mask_a=mask)
-        warm = (res.f.detach(), res.g.detach()) if (warm_start and res is not None) else None
+        if res is None:
+            warm = None if potentials is None else (potentials[0].detach(), potentials[1].detach())
+        else:
+            warm = (res.f.detach(), res.g.detach()) if warm_start else None
         res = solve(c, a, b, eps=eps, mask_a=mask, max_iter=max_iter, tol=tol, grad=grad, init=warm, **solver_kwargs)
         plan = res.plan
         mass = plan.sum(-2)
