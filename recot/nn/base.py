@@ -84,6 +84,11 @@ class Recommender(nn.Module):
         """Readout over all layers' representations; the last layer by default."""
         return layers[-1]
 
+    def layer_dims(self) -> list[int]:
+        """Widths ``[d_0, ..., d_L]`` of the layer loop's representations (known once built); wrappers such as GOTNet
+        size their per-layer weights from them."""
+        raise NotImplementedError(f"{type(self).__name__} does not report the widths of its layers (layer_dims)")
+
     def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final user and item representations ``(U, d), (I, d)``."""
         u, i = self.initial()
@@ -144,3 +149,7 @@ class EmbeddingTables(Recommender):
 
     def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight
+
+    def layer_dims(self) -> list[int]:
+        """Width-preserving layers by default: ``d`` at every layer."""
+        return [self.embedding_dim] * (self.num_layers + 1)

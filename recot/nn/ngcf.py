@@ -76,6 +76,9 @@ class NGCF(EmbeddingTables):
         out = F.dropout(out, self.message_dropout, self.training)
         return out[: self.num_users], out[self.num_users:]
 
+    def layer_dims(self) -> list[int]:
+        return [self.embedding_dim, *self.layer_sizes]
+
     def combine(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 9: ``(U, d + sum d_l), (I, d + sum d_l)``, propagated layers L2-normalised per row."""
         (u0, i0), rest = layers[0], layers[1:]

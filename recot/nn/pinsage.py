@@ -143,6 +143,9 @@ class PinSage(EmbeddingTables):
         z = F.normalize(F.relu(self.w[layer](torch.cat([h, pooled], dim=1))), dim=1)
         return z[: self.num_users], z[self.num_users:]
 
+    def layer_dims(self) -> list[int]:
+        return [self.embedding_dim, *(w.out_features for w in self.w)]
+
     def combine(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``G2 ReLU(G1 z^(K) + g)`` of the last layer: ``(U, d_K), (I, d_K)``."""
         users, items = layers[-1]
