@@ -50,6 +50,8 @@ class LTOCF(EmbeddingTables):
         step_size: fixed-step solvers' step; None = one step per segment (as the official code).
         rtol, atol: tolerances of ``dopri5`` and of ``implicit_adams``' corrector (official: 1e-7, 1e-9).
         adjoint: gradients by the adjoint sensitivity method.
+        polynomial_steps: Euler / RK4 steps as polynomials in ``A`` (same result, less work; see
+            :mod:`recot.nn.ode`); False = torchdiffeq's generic steps.
         residual: see above (paper / official default: False).
         init_std: normal initialisation std (paper: 0.1); None = Xavier uniform.
         sparse_backend: see :class:`recot.nn.sparse.SparseOperator`.
@@ -59,7 +61,7 @@ class LTOCF(EmbeddingTables):
                  times: Optional[Sequence[float]] = None, learnable_time: bool = True,
                  time_lr: Optional[float] = 1e-6, solver: Solver = "rk4", step_size: Optional[float] = None,
                  rtol: float = 1e-7, atol: float = 1e-9, adjoint: bool = False, residual: bool = False,
-                 init_std: Optional[float] = 0.1, sparse_backend: Backend = "auto"):
+                 polynomial_steps: bool = True, init_std: Optional[float] = 0.1, sparse_backend: Backend = "auto"):
         super().__init__(embedding_dim, init_std)
         if not final_time > 0:
             raise ValueError(f"final_time (K) must be > 0, got {final_time}")
@@ -81,7 +83,7 @@ class LTOCF(EmbeddingTables):
         self.num_layers = num_times + 1
         self.learnable_time, self.time_lr, self.residual = learnable_time, time_lr, residual
         self.sparse_backend = sparse_backend
-        self.ode = ODEBlock(GraphODEFunc(), solver, step_size, rtol, atol, adjoint)
+        self.ode = ODEBlock(GraphODEFunc(), solver, step_size, rtol, atol, adjoint, polynomial_steps)
         free = torch.tensor([b - a for a, b in zip(bounds, bounds[1:])], dtype=torch.float64) - min_gap
         if learnable_time:
             self.time_logits = nn.Parameter((free[:-1].log() - free[-1].log()).float())
@@ -112,7 +114,7 @@ class LTOCF(EmbeddingTables):
         if self.ode.func.operator is None:
             raise RuntimeError("LTOCF has no graph: call bind(data) first (the ranking task does this in setup)")
         x = torch.cat([users, items])
-        out = self.ode(x, self.times()[layer: layer + 2])[-1]
+        out = self.ode(x, self.times()[layer: layer + 2], final_only=True)
         if not self.residual:
             out = out - x
         return out[: self.num_users], out[self.num_users:]
@@ -124,10 +126,21 @@ class LTOCF(EmbeddingTables):
         return users, items
 
     def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Same result as the generic layer loop (initial/propagate/combine), kept on the stacked (U + I, d) state: one
+        # concatenation and one split instead of one per segment (the loop is memory-bound on large graphs).
+        if self.ode.func.operator is None:
+            raise RuntimeError("LTOCF has no graph: call bind(data) first (the ranking task does this in setup)")
         self.ode.func.nfe = 0
-        out = super().embed()
+        times = self.times()
+        x = torch.cat(self.initial())
+        total = x
+        for layer in range(self.num_layers):
+            y = self.ode(x, times[layer: layer + 2], final_only=True)
+            x = y if self.residual else y - x
+            total = total + x
         self.last_nfe = self.ode.func.nfe
-        return out
+        total = total / (self.num_layers + 1)
+        return total[: self.num_users], total[self.num_users:]
 
     # --- training -------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:

@@ -13,6 +13,14 @@ that ``torchdiffeq.odeint_adjoint`` accepts it. :class:`ODEBlock` integrates it 
 
 ``step_size=None`` makes each fixed-step solver take one step per interval between requested times (torchdiffeq's
 default, which the official LT-OCF code uses); a number makes it take steps of that size.
+
+Polynomial steps: on the linear autonomous ODE ``dx/dt = A x`` an explicit Runge-Kutta step of size ``h`` is a
+polynomial in ``hA`` (the method's stability function): ``I + hA`` for Euler and ``I + hA + (hA)^2/2 + (hA)^3/6 +
+(hA)^4/24`` for every 4-stage order-4 method, torchdiffeq's ``rk4`` included. With ``polynomial_steps=True`` (default)
+Euler and RK4 steps of a :class:`GraphODEFunc` are evaluated by Horner's rule, ``x + hA(x + h/2 A(x + h/3 A(x +
+h/4 A x)))``: the same products with ``A`` and the same result up to rounding (tested), with far fewer element-wise
+passes over the state than torchdiffeq's generic stages (timed in ``benchmarks/ltocf_gowalla.py``). Other solvers,
+``step_size`` and ``adjoint`` use torchdiffeq.
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ from torch import nn
 Solver = Literal["euler", "rk4", "implicit_adams", "dopri5"]
 SOLVERS: tuple[str, ...] = ("euler", "rk4", "implicit_adams", "dopri5")
 FIXED_STEP = ("euler", "rk4", "implicit_adams")
+#: Order of the step polynomial of the solvers with polynomial steps.
+POLYNOMIAL_ORDER = {"euler": 1, "rk4": 4}
 
 
 class GraphODEFunc(nn.Module):
@@ -56,10 +66,12 @@ class ODEBlock(nn.Module):
             (official LT-OCF defaults 1e-7 / 1e-9).
         adjoint: gradients by the adjoint sensitivity method (``torchdiffeq.odeint_adjoint``: memory independent of
             the number of steps, one more backward integration) instead of backpropagating through the solver.
+        polynomial_steps: evaluate Euler / RK4 steps (one per interval, no adjoint) of a :class:`GraphODEFunc` as
+            polynomials in ``A`` (module docstring); False = always torchdiffeq.
     """
 
     def __init__(self, func: nn.Module, solver: Solver = "rk4", step_size: Optional[float] = None,
-                 rtol: float = 1e-7, atol: float = 1e-9, adjoint: bool = False):
+                 rtol: float = 1e-7, atol: float = 1e-9, adjoint: bool = False, polynomial_steps: bool = True):
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
@@ -73,13 +85,36 @@ class ODEBlock(nn.Module):
             raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
         self.func = func
         self.solver, self.step_size, self.rtol, self.atol, self.adjoint = solver, step_size, rtol, atol, adjoint
+        self.polynomial_steps = polynomial_steps
 
-    def forward(self, x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """``x: (N, d)`` state at ``times[0]``; ``times: (S,)`` strictly increasing -> ``(S, N, d)`` states."""
+    @property
+    def uses_polynomial_steps(self) -> bool:
+        return (self.polynomial_steps and self.solver in POLYNOMIAL_ORDER and self.step_size is None
+                and not self.adjoint and isinstance(self.func, GraphODEFunc))
+
+    def forward(self, x: torch.Tensor, times: torch.Tensor, final_only: bool = False) -> torch.Tensor:
+        """``x: (N, d)`` state at ``times[0]``; ``times: (S,)`` strictly increasing -> ``(S, N, d)`` states, or
+        the ``(N, d)`` state at ``times[-1]`` with ``final_only``."""
+        times = times.to(x.dtype)
+        if self.uses_polynomial_steps:
+            states = [x]
+            for t0, t1 in zip(times[:-1], times[1:]):
+                states.append(self._polynomial_step(states[-1], t0, t1 - t0))
+            return states[-1] if final_only else torch.stack(states)
+        out = self._odeint(x, times)
+        return out[-1] if final_only else out
+
+    def _polynomial_step(self, x: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``P(hA) x`` by Horner's rule, ``P`` the solver's stability polynomial (Euler: degree 1, RK4: degree 4)."""
+        v = x
+        for k in range(POLYNOMIAL_ORDER[self.solver], 0, -1):
+            v = torch.addcmul(x, h / k, self.func(t, v))
+        return v
+
+    def _odeint(self, x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         import torchdiffeq  # imported here: recot.nn stays importable for models without ODEs
 
         options = {} if self.step_size is None else {"step_size": self.step_size}
-        times = times.to(x.dtype)
         if self.adjoint:
             # the function has no parameters: only x and the times receive gradients
             return torchdiffeq.odeint_adjoint(self.func, x, times, rtol=self.rtol, atol=self.atol, method=self.solver,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datamodules import SyntheticSpec, load_interactions
-from recot.nn import LTOCF, LightGCN
+from recot.nn import LTOCF, LightGCN, Recommender
 from recot.nn.ltocf import MIN_GAP
 from recot.nn.sparse import SparseOperator
 from recot.tasks import RankingTask
@@ -57,6 +57,17 @@ def test_other_solvers_are_not_lightgcn(data):
         model.bind(data)
         _like(model, lightgcn)
         assert (model.embed()[0] - lightgcn.embed()[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_embed_is_the_layer_loop(data, residual):
+    """The stacked fast path equals initial / propagate / combine, which wrappers such as GOTNet re-run."""
+    torch.manual_seed(0)
+    model = LTOCF(embedding_dim=8, times=[0.5, 2.2, 3.0], solver="rk4", residual=residual)
+    model.bind(data)
+    for ours, loop in zip(model.embed(), Recommender.embed(model)):
+        torch.testing.assert_close(ours, loop, rtol=1e-6, atol=1e-7)
+    assert model.last_nfe == 16 and model.num_layers == 4
 
 
 # --- exact solutions of the linear ODE --------------------------------------------------------------------------------

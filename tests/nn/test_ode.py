@@ -46,6 +46,29 @@ def test_implicit_adams_and_dopri5_reach_the_matrix_exponential(graph):
     assert _relative_error(graph, "dopri5", rtol=1e-8, atol=1e-10) < 1e-7
 
 
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_polynomial_steps_equal_torchdiffeq_steps(graph, solver):
+    """Euler / RK4 on dx/dt = A x as polynomials in A: torchdiffeq's states and gradients, with the same products."""
+    op, _ = graph
+    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for polynomial in (True, False):
+        x0 = x.clone().requires_grad_(True)
+        t = torch.tensor([0.0, 0.9, 2.2, 4.0], dtype=torch.float64, requires_grad=True)
+        func = GraphODEFunc(op)
+        block = ODEBlock(func, solver, polynomial_steps=polynomial)
+        assert block.uses_polynomial_steps == polynomial
+        out = block(x0, t)
+        (out[1:] ** 3).sum().backward()
+        results.append((out.detach(), x0.grad, t.grad, func.nfe))
+    for ours, theirs in zip(results[0][:3], results[1][:3]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert results[0][3] == results[1][3] == 3 * {"euler": 1, "rk4": 4}[solver]
+    # step_size and adjoint go through torchdiffeq
+    assert not ODEBlock(GraphODEFunc(op), solver, step_size=0.5).uses_polynomial_steps
+    assert not ODEBlock(GraphODEFunc(op), solver, adjoint=True).uses_polynomial_steps
+
+
 def test_one_euler_step_is_one_propagation(graph):
     op, a = graph
     x = torch.randn(30, 4, dtype=torch.float64)
