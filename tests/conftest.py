@@ -15,6 +15,9 @@ SHARED_DATA = Path(os.environ.get("RECOT_SHARED_DATA", REPO.parent / "shared" / 
 CONFIGS = REPO / "configs"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Tests never reach the internet: a data set that is absent must fail with the missing-file error, not download.
+# The download tests serve files from 127.0.0.1 and lift this themselves.
+os.environ.setdefault("RECOT_OFFLINE", "1")
 
 
 @pytest.fixture

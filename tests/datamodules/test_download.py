@@ -30,8 +30,9 @@ RATINGS = "".join(f"{u}\t{i}\t{1 + (u + i) % 5}\t88125{u:04d}\n" for u in range(
 
 
 @pytest.fixture
-def server(tmp_path):
-    """A local HTTP server over tmp_path/www: yields (folder, base URL)."""
+def server(tmp_path, monkeypatch):
+    """A local HTTP server over tmp_path/www: yields (folder, base URL). Downloads are allowed while it runs."""
+    monkeypatch.delenv("RECOT_OFFLINE", raising=False)
     www = tmp_path / "www"
     www.mkdir()
     handler = functools.partial(QuietHandler, directory=str(www))
