@@ -82,3 +82,13 @@ def test_resume_continues_a_sinkhorncf_run_exactly(tmp_path):
     assert a["global_step"] == b["global_step"] > 0
     for name, weight in a["state_dict"].items():
         assert torch.equal(weight, b["state_dict"][name]), name
+
+
+def test_a_checkpoint_alone_reproduces_the_test_metrics_and_predicts(tmp_path):
+    out = fit(tmp_path, "sinkhorncf/ml-100k.yaml", "run", "--trainer.max_epochs", "1")
+    (tmp_path / "run" / "results.json").unlink()
+    run_cli("test", "--ckpt_path", out["best_checkpoint"], "--trainer.enable_progress_bar", "false")
+    assert results(tmp_path / "run")["test"] == out["test"]
+    run_cli("predict", "--ckpt_path", out["best_checkpoint"], "--trainer.enable_progress_bar", "false", "--top_k", "3")
+    rows = (tmp_path / "run" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "user,rank,item,score" and len(rows) == 1 + 3 * 60  # the 30 + 30 held-out users
