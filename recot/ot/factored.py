@@ -73,14 +73,24 @@ class SparsePattern:
         B, n, m = self.shape
         self.rows, self.cols = rows.long(), cols.long()
         self.batch = torch.div(self.rows, n, rounding_mode="floor") if n > 0 else self.rows
-        itype = torch.int32 if max(B * n, B * m, self.rows.numel()) < 2**31 - 1 else torch.int64
-        self._crow = _crow(self.rows, B * n).to(itype)
-        self._col = self.cols.to(itype)
-        # transpose: entries sorted by (col, row); ``perm`` maps transposed positions to stored ones
-        key = self.cols * max(B * n, 1) + self.rows
-        self.perm = torch.argsort(key)
-        self._crow_t = _crow(self.cols[self.perm], B * m).to(itype)
-        self._col_t = self.rows[self.perm].to(itype)
+        self._itype = torch.int32 if max(B * n, B * m, self.rows.numel()) < 2**31 - 1 else torch.int64
+        self._crow = _crow(self.rows, B * n).to(self._itype)
+        self._col = self.cols.to(self._itype)
+        self._transpose = None
+
+    @property
+    def transpose_structure(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(perm, crow, col)`` of the transpose, built on first use: entries sorted by (col, row), ``perm`` maps
+        transposed positions to stored ones."""
+        if self._transpose is None:
+            B, n, m = self.shape
+            perm = torch.argsort(self.cols * max(B * n, 1) + self.rows)
+            self._transpose = (perm, _crow(self.cols[perm], B * m).to(self._itype), self.rows[perm].to(self._itype))
+        return self._transpose
+
+    @property
+    def perm(self) -> Tensor:
+        return self.transpose_structure[0]
 
     @classmethod
     def from_pairs(cls, batch: Tensor, i: Tensor, j: Tensor, shape: Tuple[int, int, int]) -> "SparsePattern":
@@ -99,17 +109,23 @@ class SparsePattern:
         _, n, m = self.shape
         return self.batch, self.rows - self.batch * n, self.cols - self.batch * m
 
-    def product(self, values: Tensor, vec: Tensor, transpose: bool = False) -> Tensor:
-        """``S @ vec`` (or ``S^T @ vec``) for ``vec: (B m,)`` or ``(B m, k)`` without autograd bookkeeping."""
+    def csr(self, values: Tensor, transpose: bool = False) -> Tensor:
+        """The CSR matrix ``S`` (or ``S^T``) with these values (no autograd)."""
         B, n, m = self.shape
         if transpose:
-            crow, col, vals, size = self._crow_t, self._col_t, values[self.perm], (B * m, B * n)
+            perm, crow, col = self.transpose_structure
+            vals, size = values[perm], (B * m, B * n)
         else:
             crow, col, vals, size = self._crow, self._col, values, (B * n, B * m)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            mat = torch.sparse_csr_tensor(crow, col, vals.contiguous(), size)
-            return mat @ vec.contiguous()
+            return torch.sparse_csr_tensor(crow, col, vals.contiguous(), size)
+
+    def product(self, values: Tensor, vec: Tensor, transpose: bool = False) -> Tensor:
+        """``S @ vec`` (or ``S^T @ vec``) for ``vec: (B m,)`` or ``(B m, k)`` without autograd bookkeeping."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return self.csr(values, transpose) @ vec.contiguous()
 
     def segment_max(self, values: Tensor, along_rows: bool = True) -> Tensor:
         """Per-row (or per-column) maximum of ``values``; :func:`neg` where a row holds no entry."""
@@ -162,11 +178,17 @@ class _SparseMatVec(torch.autograd.Function):
         return g_values, g_vec, None, None
 
 
-def sparse_matvec(pattern: SparsePattern, values: Tensor, vec: Tensor, transpose: bool = False) -> Tensor:
-    """Differentiable ``S @ vec`` (``S^T @ vec``); ``vec: (B m,)`` or ``(B m, k)`` flattened over the batch."""
-    if values.requires_grad or vec.requires_grad:
+def sparse_matvec(pattern: SparsePattern, values: Tensor, vec: Tensor, transpose: bool = False,
+                  csr: Optional[Tensor] = None) -> Tensor:
+    """Differentiable ``S @ vec`` (``S^T @ vec``); ``vec: (B m,)`` or ``(B m, k)`` flattened over the batch.
+    ``csr``: the matrix already built from ``values`` (reused when nothing needs a gradient)."""
+    if torch.is_grad_enabled() and (values.requires_grad or vec.requires_grad):
         return _SparseMatVec.apply(values, vec, pattern, transpose)
-    return pattern.product(values, vec, transpose)
+    if csr is None:
+        return pattern.product(values, vec, transpose)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return csr @ vec.contiguous()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,6 +312,7 @@ class _Operators:
         if k.sparse:
             s = (ls - mu.reshape(-1)[k.pattern.rows]).exp()
             self.s_row = s if k.sign_s is None else s * k.sign_s
+            self.csr_row = k.pattern.csr(self.s_row.detach())
         self.mu, self.row_ref = mu, gref
 
     def _build_col(self, fref: Tensor) -> None:
@@ -312,6 +335,7 @@ class _Operators:
         if k.sparse:
             s = (ls - lam.reshape(-1)[k.pattern.cols]).exp()
             self.s_col = s if k.sign_s is None else s * k.sign_s
+            self.csr_col = k.pattern.csr(self.s_col.detach(), transpose=True)
         self.lam, self.col_ref = lam, fref
 
     def row_sum(self, gamma: Tensor) -> Tuple[Tensor, Tensor]:
@@ -325,7 +349,7 @@ class _Operators:
         if k.lowrank:
             s = (self.u_row @ (self.w_row @ tau[..., None]))[..., 0]
         if k.sparse:
-            s = s + sparse_matvec(k.pattern, self.s_row, tau.reshape(-1)).view(B, n)
+            s = s + sparse_matvec(k.pattern, self.s_row, tau.reshape(-1), csr=self.csr_row).view(B, n)
         return self.mu, s
 
     def update(self, log_w: Tensor, old: Tensor, mu: Tensor, s: Tensor) -> Tensor:
@@ -344,7 +368,8 @@ class _Operators:
         if k.lowrank:
             s = (self.w_col.transpose(-1, -2) @ (self.u_col.transpose(-1, -2) @ sigma[..., None]))[..., 0]
         if k.sparse:
-            s = s + sparse_matvec(k.pattern, self.s_col, sigma.reshape(-1), transpose=True).view(B, m)
+            s = s + sparse_matvec(k.pattern, self.s_col, sigma.reshape(-1), transpose=True,
+                                  csr=self.csr_col).view(B, m)
         return self.lam, s
 
 
@@ -573,10 +598,19 @@ def check_positive_eps(eps: float) -> float:
 def pair_sq_dists(x: Tensor, y: Tensor, pattern: SparsePattern, chunk: int = 2**20) -> Tensor:
     r""":math:`\|x_i - y_j\|^2` for every entry of ``pattern``: ``(B, n, d), (B, m, d) -> (nnz,)``, computed as
     differences (exact for near pairs, where :math:`\|x\|^2 + \|y\|^2 - 2x\cdot y` would cancel), in blocks."""
+    B, n, m = pattern.shape
+    if pattern.nnz > B * n * m // 4:  # nearly all pairs: one batched matrix product, then the entries
+        b, i, j = pattern.local()
+        return _sq_dists(x, y)[b, i, j]
     xf, yf = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     out = [((xf[pattern.rows[s:s + chunk]] - yf[pattern.cols[s:s + chunk]]) ** 2).sum(-1)
            for s in range(0, max(pattern.nnz, 1), chunk)]
     return torch.cat(out) if out else x.new_zeros(0)
+
+
+def _sq_dists(x: Tensor, y: Tensor) -> Tensor:
+    from .cost import sq_euclidean
+    return sq_euclidean(x, y)
 
 
 def solve_points(

@@ -101,10 +101,12 @@ def kmeans(
     w = None if fit_mask is None else fit_mask.to(points.dtype)
     for _ in range(n_iter):
         assign = _assign(fit, centroids)
-        onehot_w = torch.ones_like(assign, dtype=points.dtype) if w is None else w
-        sums = torch.zeros(B, k, d, dtype=points.dtype, device=points.device)
-        sums.scatter_add_(1, assign[..., None].expand(-1, -1, d), fit * onehot_w[..., None])
-        counts = torch.zeros(B, k, dtype=points.dtype, device=points.device).scatter_add_(1, assign, onehot_w)
+        weight = torch.ones_like(assign, dtype=points.dtype) if w is None else w
+        flat = (assign + k * torch.arange(B, device=points.device)[:, None]).reshape(-1)
+        sums = torch.zeros(B * k, d, dtype=points.dtype, device=points.device).index_add_(
+            0, flat, (fit * weight[..., None]).reshape(-1, d)).view(B, k, d)
+        counts = torch.zeros(B * k, dtype=points.dtype, device=points.device).index_add_(
+            0, flat, weight.reshape(-1)).view(B, k)
         centroids = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids)
     assign = _assign(points, centroids)
     if mask is not None:
@@ -213,13 +215,12 @@ def neighbour_pattern(
     dev = x.device
     real_x = torch.ones(B, n, dtype=torch.bool, device=dev) if mask_x is None else mask_x
     real_y = torch.ones(B, m, dtype=torch.bool, device=dev) if mask_y is None else mask_y
-    if method == "all":
-        b, i, j = torch.meshgrid(torch.arange(B, device=dev), torch.arange(n, device=dev),
-                                 torch.arange(m, device=dev), indexing="ij")
-        keep = real_x[:, :, None] & real_y[:, None, :]
-        return SparsePattern.from_pairs(b[keep], i[keep], j[keep], (B, n, m))
     batch_x = torch.arange(B, device=dev)[:, None].expand(B, n)
     batch_y = torch.arange(B, device=dev)[:, None].expand(B, m)
+    if method == "all":  # one bucket per problem: every real pair, in CSR order, O(nnz) memory
+        key_x = torch.where(real_x, batch_x, torch.full_like(batch_x, -1)).reshape(-1)
+        key_y = torch.where(real_y, batch_y, torch.full_like(batch_y, -2)).reshape(-1)
+        return SparsePattern(*_bucket_pairs(key_x, key_y), (B, n, m))
     rows, cols = [], []
     for h in range(n_hashes):
         if method == "kmeans":

@@ -1,7 +1,9 @@
 """LightningModules, one per task family; a method is an nn.Module passed in as ``model``."""
+from recot.tasks.alignment import AlignmentTask
 from recot.tasks.autoencoder import AutoencoderTask
 from recot.tasks.base import Task
 from recot.tasks.classification import ClassificationTask
 from recot.tasks.ranking import RankingTask
+from recot.tasks.regression import GraphDistanceTask
 
-__all__ = ["Task", "RankingTask", "ClassificationTask", "AutoencoderTask"]
+__all__ = ["Task", "RankingTask", "ClassificationTask", "AutoencoderTask", "GraphDistanceTask", "AlignmentTask"]
