@@ -1,6 +1,7 @@
 """torch.nn modules: recommenders (MF, LightGCN, ...) and the building blocks of the OT methods."""
 from recot.nn.base import EmbeddingTables, GraphData, Recommender, take_rows
 from recot.nn.classifiers import BagClassifier, GraphClassifier, GraphSetClassifier
+from recot.nn.gtn import GTN
 from recot.nn.item_cost import ItemCosineCost
 from recot.nn.lightgcn import LightGCN
 from recot.nn.ltocf import LTOCF
@@ -14,4 +15,4 @@ from recot.nn.vae import MultDAE, MultVAE
 
 __all__ = ["Recommender", "EmbeddingTables", "GraphData", "take_rows", "MF", "LightGCN", "MostPop", "LTOCF",
            "NeuMF", "NGCF", "PinSage", "GraphClassifier", "BagClassifier", "GraphSetClassifier",
-           "UserVectorModel", "FactorizationRows", "MultVAE", "MultDAE", "ItemCosineCost"]
+           "UserVectorModel", "FactorizationRows", "MultVAE", "MultDAE", "ItemCosineCost", "GTN"]
