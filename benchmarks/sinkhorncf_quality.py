@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("test/recall_min@20", "test/recall_min@50", "test/ndcg@100")
 DEFAULT_CONFIGS = ["multvae/ml-100k", "sinkhorncf/ml-100k", "mf/ml-100k-strong", "mf/ml-100k-sinkhorn",
                    "neumf/ml-100k-strong", "neumf/ml-100k-sinkhorn", "multvae/ml-100k-sinkhorn", "multvae/ml-1m",
-                   "sinkhorncf/ml-1m"]
+                   "sinkhorncf/ml-1m", "mf/ml-1m-strong", "mf/ml-1m-sinkhorn", "neumf/ml-1m-strong",
+                   "neumf/ml-1m-sinkhorn"]
 # Paper anchors (different data: ML-20M, Table 6; ML-20M-S, Tables 3-5 give NDCG@100 only)
 PAPER = {"multvae/ml-20m (paper Table 6)": (0.400, 0.538, 0.429), "sinkhorncf/ml-20m (paper Table 6)": (0.405, 0.542, 0.438),
          "MF on ML-20M-S, own / Sinkhorn loss (Table 3)": (None, None, "0.315 / 0.352"),
