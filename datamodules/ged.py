@@ -47,7 +47,7 @@ PYG_NAMES = {"aids700nef": "AIDS700nef", "linux": "LINUX"}
 NPZ_FORMAT = ("npz with dists [G, G], node_ptr [G+1], node_attr [N, 1], edge_ptr [G+1], edge_index [E, 2] "
               "(local node ids), optional edge_attr [E, 1] (../shared/data/MANIFEST.md, section 7)")
 PYG_FORMAT = ("PyG GEDDataset raw files: GED/raw/<NAME>/train/*.gexf, GED/raw/<NAME>/test/*.gexf and "
-              "GED/raw/<NAME>/ged.pickle (https://pytorch-geometric.readthedocs.io, torch_geometric.datasets.GEDDataset)")
+              "GED/raw/<NAME>/ged.pickle (torch_geometric.datasets.GEDDataset's raw layout)")
 
 
 @dataclass
@@ -286,8 +286,9 @@ class GEDDataModule(L.LightningDataModule):
         data_dir: folder holding ``ged/`` (GTN's npz files) or ``GED/raw/`` (PyG); never written.
         cache_dir: PyG's processed files (``aids700nef``/``linux``; default ``$RECOT_CACHE``, ``./data/cache``).
         batch_size, eval_batch_size: pairs per batch (GTN: 100; 200 for Pref. att. 200).
-        max_pairs: if set, a fixed random subset of at most this many pairs per split (``pair_seed``): a smaller
-            budget than the paper's all pairs, for smoke runs and the 2-core CPU.
+        max_pairs: if set, a fixed random subset of at most this many training pairs (``pair_seed``): a smaller
+            budget than the paper's all pairs, for smoke runs and the 2-core CPU. max_eval_pairs: the same for the
+            validation and test pairs (default: ``max_pairs``).
         target: for the PyG data sets: ``norm_ged`` (GTN), ``ged`` or ``similarity``.
         synthetic: the generator of ``dataset: synthetic``.
         shuffle_seed: seed of the training order (its generator state is saved for exact resume).
@@ -299,7 +300,8 @@ class GEDDataModule(L.LightningDataModule):
     def __init__(self, dataset: Literal["aids30", "pref_att", "pref_att_200", "aids700nef", "linux",
                                         "synthetic"] = "aids30",
                  data_dir: Optional[str] = None, cache_dir: Optional[str] = None, batch_size: int = 100,
-                 eval_batch_size: int = 200, max_pairs: Optional[int] = None, pair_seed: int = 0,
+                 eval_batch_size: int = 200, max_pairs: Optional[int] = None, max_eval_pairs: Optional[int] = None,
+                 pair_seed: int = 0,
                  target: Literal["norm_ged", "ged", "similarity"] = "norm_ged",
                  synthetic: SyntheticGED = SyntheticGED(), shuffle_seed: int = 0):
         super().__init__()
@@ -310,6 +312,7 @@ class GEDDataModule(L.LightningDataModule):
         self.dataset, self.data_dir, self.cache_dir = dataset.lower(), data_dir, cache_dir
         self.batch_size, self.eval_batch_size, self.max_pairs, self.pair_seed = (batch_size, eval_batch_size,
                                                                                   max_pairs, pair_seed)
+        self.max_eval_pairs = max_pairs if max_eval_pairs is None else max_eval_pairs
         self.target, self.synthetic = target, synthetic
         self.splits: Optional[dict[str, GraphPairs]] = None
         self.generator = torch.Generator().manual_seed(shuffle_seed)
@@ -348,8 +351,9 @@ class GEDDataModule(L.LightningDataModule):
         self.splits = {}
         rng = np.random.default_rng(self.pair_seed)
         for s, (graphs, pairs, targets) in raw.items():
-            if self.max_pairs is not None and len(pairs) > self.max_pairs:
-                keep = np.sort(rng.choice(len(pairs), self.max_pairs, replace=False))
+            limit = self.max_pairs if s == "train" else self.max_eval_pairs
+            if limit is not None and len(pairs) > limit:
+                keep = np.sort(rng.choice(len(pairs), limit, replace=False))
                 pairs, targets = pairs[keep], targets[keep]
             encoded = [encode(g, self.num_node_features, self.num_edge_features) for g in graphs]
             self.splits[s] = GraphPairs(encoded, pairs, targets)

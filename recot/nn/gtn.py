@@ -233,7 +233,8 @@ class GTN(nn.Module):
             del_cost = (self.alpha * x).norm(dim=-1) ** power
             ins_cost = (self.alpha * y).norm(dim=-1) ** power
             res = bp_sinkhorn(x, y, del_cost, ins_cost, eps=eps, mask_a=mx, mask_b=my, solver=self.solver,
-                              dense_bp=self.dense_bp, cost=self.cost, max_iter=self.max_iter, tol=self.tol, grad=self.grad,
+                              dense_bp=self.dense_bp, cost=self.cost, max_iter=self.max_iter, tol=self.tol,
+                              grad=self.grad,
                               projections=self.projections, **self.approx)
             value = res.value
         else:

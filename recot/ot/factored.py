@@ -19,9 +19,10 @@ adapted to the low-rank factors). With reference potentials :math:`\bar\gamma` t
     \tilde W_{kj} = \pm e^{\log W_{kj} + \bar\gamma_j - \omega_k}, \quad
     \mu_i = \max\big(\max_k (\log U_{ik} + \omega_k),\ \max_{j \in N(i)} (\log S_{ij} + \bar\gamma_j)\big),
 
-:math:`\hat U_{ik} = e^{\log U_{ik} + \omega_k - \mu_i}`, :math:`\tilde S_{ij} = \pm e^{\log S_{ij} + \bar\gamma_j - \mu_i}`
-(all entries at most 1 in magnitude), and applies
-:math:`(K e^{\gamma})_i = e^{\mu_i}\,[\hat U (\tilde W \tau) + \tilde S \tau]_i` with :math:`\tau = e^{\gamma - \bar\gamma}`.
+:math:`\hat U_{ik} = e^{\log U_{ik} + \omega_k - \mu_i}`,
+:math:`\tilde S_{ij} = \pm e^{\log S_{ij} + \bar\gamma_j - \mu_i}` (all entries at most 1 in magnitude), and applies
+:math:`(K e^{\gamma})_i = e^{\mu_i}\,[\hat U (\tilde W \tau) + \tilde S \tau]_i`
+with :math:`\tau = e^{\gamma - \bar\gamma}`.
 When :math:`|\gamma - \bar\gamma|` exceeds ``absorb_threshold`` the potentials are absorbed into the factors (the
 operator is rebuilt, one log-domain pass). ``absorb_threshold=0`` rebuilds every half-step, i.e. plain log-domain
 Sinkhorn. For a nonnegative kernel the largest term bounds the sum from below, so nothing underflows; the signed
@@ -339,7 +340,7 @@ class _Operators:
         self.lam, self.col_ref = lam, fref
 
     def row_sum(self, gamma: Tensor) -> Tuple[Tensor, Tensor]:
-        r""":math:`(K e^{\gamma})_i = e^{\mu_i} s_i`: returns ``(mu, s)``, ``(B, m) -> (B, n), (B, n)``; ``s`` signed."""
+        r""":math:`(K e^{\gamma})_i = e^{\mu_i} s_i`: ``(mu, s)``, ``(B, m) -> (B, n), (B, n)``; ``s`` signed."""
         if self._stale(self.row_ref, gamma):
             self._build_row(gamma)
         tau = (gamma - self.row_ref).exp()
@@ -634,7 +635,8 @@ def solve_points(
     r"""Run a factored solver on point clouds with the squared Euclidean cost; returns an :class:`OTResult`.
 
     ``structure(x, y, mask_a, mask_b, center)`` (no autograd) picks the discrete structure (landmarks, neighbour
-    pattern) from the centered points (``center: (B, 1, d)`` was subtracted from the caller's points); ``kernel(x, y, structure)`` builds the :class:`FactoredKernel` of
+    pattern) from the centered points (``center: (B, 1, d)`` was subtracted from the caller's points);
+    ``kernel(x, y, structure)`` builds the :class:`FactoredKernel` of
     :math:`e^{-C/\varepsilon}` (differentiable in ``x, y``).
 
     The value is :math:`\langle C, P\rangle` with the *exact* cost :math:`C_{ij} = \|x_i - y_j\|^2` and the

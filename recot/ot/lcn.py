@@ -54,7 +54,7 @@ def lcn_correction(log_u: Tensor, log_w: Tensor, sign_w: Tensor, log_k: Tensor, 
 
 def lcn_kernel(x: Tensor, y: Tensor, z: Tensor, pattern: SparsePattern, eps: float, rcond: float = 1e-10
                ) -> FactoredKernel:
-    r""":math:`K_{LCN}` of ``x: (B, n, d)``, ``y: (B, m, d)`` with landmarks ``z: (B, l, d)`` and neighbours ``pattern``."""
+    r""":math:`K_{LCN}` of ``x: (B, n, d)``, ``y: (B, m, d)``, landmarks ``z: (B, l, d)``, neighbours ``pattern``."""
     log_u, log_w, sign_w = nystrom_factors(x, y, z, eps, rcond)
     log_k = pair_sq_dists(x, y, pattern) / (-eps)
     log_s, sign_s = lcn_correction(log_u, log_w, sign_w, log_k, pattern)

@@ -13,14 +13,6 @@ from recot.nn.gtn import GTN
 from recot.ot.bp import bp_sinkhorn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_graphs(k, seed, labels=3, max_nodes=5):
     rng = np.random.default_rng(seed)
     spec = SyntheticGED(min_nodes=1, max_nodes=max_nodes, num_labels=labels)
@@ -105,7 +97,8 @@ def test_dense_and_structured_bp_agree_and_small_eps_is_the_assignment():
 
     from recot.ot.bp import bp_cost_matrix
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(3, 5, 3, generator=g, dtype=torch.float64), torch.randn(3, 7, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 7, 3, generator=g, dtype=torch.float64)
     ma, mb = torch.ones(3, 5, dtype=torch.bool), torch.ones(3, 7, dtype=torch.bool)
     ma[1, 3:], mb[2, 4:] = False, False
     dc, ic = x.norm(dim=-1), y.norm(dim=-1)
