@@ -8,7 +8,7 @@ recot runs through the same Lightning Trainer, task and data module as ``recot f
 configs/lightgcn/gowalla.yaml`` (d = 64, K = 3, batch 2048). RecBole (``pip install recbole==1.2.1``, not a recot
 dependency) runs in a subprocess on the same split converted to its atomic files, with the same model settings; its
 epoch is timed over ``--recbole-batches`` batches and scaled to a full epoch (printed as such). Peak memory is the
-process's peak resident set size (``ru_maxrss``), measured separately for each side.
+process's peak resident set size (VmHWM), measured separately for each side.
 """
 from __future__ import annotations
 
@@ -27,7 +27,12 @@ sys.path.insert(0, str(REPO))
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux keeps that across fork + exec, so a
+    subprocess would report the parent's peak whenever it is higher."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def run_recot(data_dir: str, batches: int | None, threads: int) -> dict:
@@ -65,7 +70,7 @@ def run_recot(data_dir: str, batches: int | None, threads: int) -> dict:
 
 
 RECBOLE_SCRIPT = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
@@ -106,7 +111,7 @@ result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
 eval_s = time.perf_counter() - t0
 print(json.dumps({"system": "RecBole 1.2.1", "epoch_s": per_batch * total, "timed_batches": n - 1,
                   "epoch_batches": total, "eval_s": eval_s,
-                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "peak_rss_gib": [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0] / 2**20}))
 """
 
 

@@ -12,7 +12,7 @@ Representations are computed by a layer loop that wrappers can re-run with their
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 import scipy.sparse as sp
 import torch
@@ -89,8 +89,13 @@ class Recommender(nn.Module):
         size their per-layer weights from them."""
         raise NotImplementedError(f"{type(self).__name__} does not report the widths of its layers (layer_dims)")
 
-    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final user and item representations ``(U, d), (I, d)``."""
+    def embed(self, rows: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item representations ``(U, d), (I, d)``.
+
+        ``rows``: optional ``(user ids, item ids)``, a promise that only these rows of the result will be read (the
+        training batch's users and items). A model may then leave the other rows unspecified; GOTNet computes its
+        non-local term for these rows only. Models whose cost does not depend on it ignore it.
+        """
         u, i = self.initial()
         layers = [(u, i)]
         for layer in range(self.num_layers):

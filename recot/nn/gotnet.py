@@ -41,7 +41,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import nn
 
-from recot.nn.base import GraphData, Recommender
+from recot.nn.base import GraphData, Recommender, take_rows
 from recot.ot import cost_scale, ot_kmeans, sq_euclidean
 
 Solver = Literal["greenkhorn", "sinkhorn"]
@@ -209,7 +209,8 @@ class NonLocalAttention(nn.Module):
         """Eq. 9: ``queries (H, N, d)``, ``centroids (H, K, d)`` -> attention weights ``(H, N, K)``, rows sum to 1."""
         return torch.softmax(queries @ centroids.transpose(-1, -2) / math.sqrt(self.dim_in), dim=-1)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator, cluster: bool
+    def forward(self, x: torch.Tensor, generator: torch.Generator, cluster: bool,
+                rows: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], dict[str, torch.Tensor]]:
         """``x (N, d_in)`` -> ``e' (N, d_out)``, ``L_OT`` summed over heads (None when not clustered), statistics.
 
@@ -217,19 +218,28 @@ class NonLocalAttention(nn.Module):
         ``cluster=False`` (``cluster_every > 1``) attends to the stored centroids as constants. In evaluation the
         stored centroids are used as they are (like batch norm's running statistics: evaluation is deterministic and
         changes no state); only a model that never trained clusters, from ``generator``, without storing anything.
+
+        ``rows`` (distinct ids, optional): attend for these rows only; the other rows of ``e'`` are zero. Eq. 8 still
+        sees every point when it runs.
         """
-        points = torch.matmul(x.unsqueeze(0), self.projection.transpose(-1, -2))  # (H, N, d_in): f^h(e)
-        ready = bool(self.clustering.ready)
-        if (self.training and cluster) or not ready:
+        weight = self.projection.transpose(-1, -2)
+        clustering = (self.training and cluster) or not bool(self.clustering.ready)
+        if clustering:
+            points = torch.matmul(x.unsqueeze(0), weight)  # (H, N, d_in): f^h(e)
             centroids, loss, stats = self.clustering(points, generator, update=self.training)
             loss = loss.sum()
+            if rows is not None:
+                points = points.index_select(1, rows)
         else:
-            centroids, loss, stats = self.clustering.centroids.to(points, copy=True), None, {}
+            centroids, loss, stats = self.clustering.centroids.to(x, copy=True), None, {}
+            points = torch.matmul((x if rows is None else take_rows(x, rows)).unsqueeze(0), weight)
         attention = self.attend(points, centroids)
         self.last_attention = attention.detach()
-        mixed = attention @ centroids  # (H, N, d_in): e'^(h)
-        n = x.shape[0]
-        return self.out(mixed.transpose(0, 1).reshape(n, self.heads * self.dim_in)), loss, stats
+        mixed = attention @ centroids  # (H, n, d_in): e'^(h)
+        out = self.out(mixed.transpose(0, 1).reshape(points.shape[1], self.heads * self.dim_in))
+        if rows is not None:
+            out = out.new_zeros(x.shape[0], out.shape[1]).index_copy(0, rows, out)
+        return out, loss, stats
 
 
 class GOTNet(Recommender):
@@ -338,9 +348,13 @@ class GOTNet(Recommender):
     def combine(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.backbone.combine(layers)
 
-    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, rows: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's layer loop with Eqs. 7-11 after each propagation, its readout over ``e^(0), e''^(1), ...,
-        e''^(L)`` (Eq. 3); in training also the OT losses of Eq. 12 and the epoch's statistics."""
+        e''^(L)`` (Eq. 3); in training also the OT losses of Eq. 12 and the epoch's statistics.
+
+        ``rows = (user ids, item ids)`` (the training batch's; see :meth:`Recommender.embed`): the attention of
+        Eqs. 9-10 runs for these rows only, the other rows of the result are unspecified. Clustering (Eq. 8) still
+        uses every node. Ignored with ``mix_into_next`` (every row then feeds the next layer) and in evaluation."""
         if self.users is None:
             raise RuntimeError("GOTNet is not built: call bind(data) first (the ranking task does this in setup)")
         if self.training:
@@ -352,10 +366,13 @@ class GOTNet(Recommender):
             self._lambdas = [float(self.eval_lambda)] * self.num_layers
             self._cluster = False
         self._losses, self._stats = {"uOT": [], "iOT": []}, {}
+        # distinct ids: index_copy back into (N, d) must not see a row twice (its gradient would be counted twice)
+        only = ((rows[0].unique(), rows[1].unique()) if rows is not None and self.training
+                and not self.mix_into_next else (None, None))
         u, i = self.backbone.initial()
         layers = [(u, i)]
         for layer in range(self.num_layers):
-            mixed, local = self._layer(layer, u, i)
+            mixed, local = self._layer(layer, u, i, only)
             layers.append(mixed)
             u, i = mixed if self.mix_into_next else local
         out = self.backbone.combine(layers)
@@ -378,17 +395,19 @@ class GOTNet(Recommender):
         last :meth:`embed` (the evaluation lambda before any)."""
         return self._layer(layer, users, items)[0]
 
-    def _layer(self, layer: int, users: torch.Tensor, items: torch.Tensor):
-        """``((mixed users, mixed items), (local users, local items))`` of layer ``l -> l+1``."""
+    def _layer(self, layer: int, users: torch.Tensor, items: torch.Tensor,
+               rows: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)):
+        """``((mixed users, mixed items), (local users, local items))`` of layer ``l -> l+1``; ``rows``: the user and
+        item rows to attend for (None = all)."""
         local_u, local_i = self.backbone.propagate(layer, users, items)
         # evaluation before any training step (Lightning's sanity check) clusters from a private generator, so that
         # evaluating never moves the training stream
         gen = self.generator if self.training else torch.Generator().manual_seed(int(self.seed or 0) + layer)
         lam = self._lambdas[layer]
         out = []
-        for side, modules, x, local, name in (("user", self.users, users, local_u, "uOT"),
-                                              ("item", self.items, items, local_i, "iOT")):
-            nonlocal_x, loss, stats = modules[layer](x, gen, cluster=self._cluster)
+        for side, modules, x, local, name, only in (("user", self.users, users, local_u, "uOT", rows[0]),
+                                                    ("item", self.items, items, local_i, "iOT", rows[1])):
+            nonlocal_x, loss, stats = modules[layer](x, gen, cluster=self._cluster, rows=only)
             if self.training:
                 if loss is not None:
                     self._losses[name].append(loss)

@@ -43,7 +43,7 @@ class LightGCN(EmbeddingTables):
         out = self.adjacency @ torch.cat([users, items])
         return out[: self.num_users], out[self.num_users:]
 
-    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         # Same result as the generic layer loop (initial/propagate/combine), kept on the stacked (U + I, d) state:
         # one concatenation and one split instead of one per layer (the loop is memory-bound on large graphs).
         if self.adjacency is None:

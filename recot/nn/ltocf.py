@@ -125,7 +125,7 @@ class LTOCF(EmbeddingTables):
         items = torch.stack([i for _, i in layers]).mean(0)
         return users, items
 
-    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         # Same result as the generic layer loop (initial/propagate/combine), kept on the stacked (U + I, d) state: one
         # concatenation and one split instead of one per segment (the loop is memory-bound on large graphs).
         if self.ode.func.operator is None:

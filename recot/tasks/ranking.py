@@ -82,7 +82,8 @@ class RankingTask(Task):
         users, pos, neg = batch["users"], batch["pos"], batch["neg"]
         if not self.model.trainable:
             return None
-        user_emb, item_emb = self.model.embed()
+        # the batch's rows are the only ones read below: models may skip work on the others (Recommender.embed)
+        user_emb, item_emb = self.model.embed(rows=(users, torch.cat([pos.reshape(-1), neg.reshape(-1)])))
         u = take_rows(user_emb, users)
         pos_score = self.model.pair_score(u, take_rows(item_emb, pos))  # (B,)
         neg_score = self.model.pair_score(u.unsqueeze(1), take_rows(item_emb, neg))  # (B, n_neg)

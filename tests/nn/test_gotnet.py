@@ -80,6 +80,35 @@ def test_equals_the_backbone_exactly_in_scores_and_gradients(name, mix_into_next
                                atol=1e-7)  # LightGCN's own embed() is its stacked fast path: equal up to rounding
 
 
+@pytest.mark.parametrize("cluster_every", [1, 2])
+def test_batch_rows_give_the_same_rows_and_gradients_as_all_rows(cluster_every, data):
+    """The ranking task passes the batch's rows (Recommender.embed): attention for those rows only must change
+    neither their values nor any gradient, on clustering and non-clustering batches."""
+    g = torch.Generator().manual_seed(5)
+    users, pos, neg = torch.randint(0, 60, (24,), generator=g), *torch.randint(0, 40, (2, 24), generator=g)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = GOTNet(LightGCN(embedding_dim=8, num_layers=2), num_user_clusters=5, num_item_clusters=4, seed=3,
+                       cluster_every=cluster_every)
+        model.bind(data)
+        model.train()
+        models.append(model)
+    for step in range(3):
+        outs = []
+        for model, rows in zip(models, (None, (users, torch.cat([pos, neg])))):
+            model.zero_grad()
+            u, i = model.embed(rows=rows)
+            loss = F.softplus(model.pair_score(u[users], i[neg]) - model.pair_score(u[users], i[pos])).mean()
+            (loss + sum(model.auxiliary_losses().values())).backward()
+            outs.append((u[users], i[pos], i[neg]))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=f"step {step}: {name}")
+        assert models[1].users[0].last_attention.shape[1] == users.unique().numel()
+
+
 def test_the_paper_settings_differ_from_the_backbone(data):
     torch.manual_seed(0)
     model = GOTNet(LightGCN(embedding_dim=8, num_layers=2), num_user_clusters=0.1, num_item_clusters=4)
