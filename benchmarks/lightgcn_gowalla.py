@@ -129,7 +129,7 @@ def run_recbole(data_dir: str, batches: int, threads: int, python: str) -> dict:
             body = "\n".join(f"{u}\t{i}" for u, i in zip(users.tolist(), items.tolist()))
             (folder / f"gowalla.{split}.inter").write_text("user_id:token\titem_id:token\n" + body + "\n")
         proc = subprocess.run([python, "-c", RECBOLE_SCRIPT, tmp, str(batches), str(threads), tmp],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, cwd=tmp)  # RecBole writes log_tensorboard/ to cwd
         if proc.returncode != 0:
             return {"system": "RecBole 1.2.1", "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
         return json.loads(proc.stdout.strip().splitlines()[-1])
