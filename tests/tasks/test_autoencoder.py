@@ -16,15 +16,6 @@ SMALL = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
          "--data.init_args.batch_size", "32"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: a second intra-op thread only adds OpenMP hand-offs, very slow on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fit(tmp_path, config, name, *extra):
     run_cli("fit", "--config", CONFIGS / config, "--run_root", tmp_path, "--name", name, *SMALL, *extra)
     return results(tmp_path / name)
