@@ -125,6 +125,9 @@ def test_shipped_config_runs_a_shrunk_epoch(config, tmp_path, shared_data):
     dataset = str(spec.get("data", {}).get("init_args", {}).get("dataset", "synthetic")).lower()
     args = ["fit", "--config", CONFIGS / config, "--run_root", tmp_path, *SHRINK,
             "--data.init_args.data_dir", shared_data]
+    if spec.get("data", {}).get("class_path") == "datamodules.GEDDataModule":
+        # a batch of the shipped 100-200 graph pairs through 8 OT heads takes seconds each on a CPU
+        args += ["--data.init_args.batch_size", "10", "--data.init_args.eval_batch_size", "10"]
     if dataset in INCOMPLETE:
         with pytest.raises(DataFormatError, match="file not found"):
             run_cli(*args)
