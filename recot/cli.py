@@ -156,9 +156,12 @@ class RecotCLI(LightningCLI):
                                                                                               True) is not False:
             callbacks.append(_ProgressBar())
         if trainer_config.get("logger") in (None, True):
+            # test / validate / predict on a finished run log beside the fit's logs, never over them: Lightning's
+            # CSV writer starts a version folder afresh, which would delete the fit's history
+            suffix = "" if self.subcommand == "fit" else f"-{self.subcommand}"
             trainer_config["logger"] = [
-                TensorBoardLogger(self.run_dir, name="logs", version="tensorboard", default_hp_metric=False),
-                ResumableCSVLogger(self.run_dir, name="logs", version="csv",
+                TensorBoardLogger(self.run_dir, name="logs", version=f"tensorboard{suffix}", default_hp_metric=False),
+                ResumableCSVLogger(self.run_dir, name="logs", version=f"csv{suffix}",
                                    resume_step=resume_log_step(self.resume_from) if self.resume_from else None),
             ]
         if self.subcommand != "fit":

@@ -65,8 +65,12 @@ def test_test_with_only_a_checkpoint_reproduces_the_fit(fitted, tmp_path):
     fitted, fit_results = fitted
     expected, best = fit_results["test"], fit_results["best_checkpoint"]
     (fitted / "results.json").unlink()
+    history = (fitted / "logs" / "csv" / "metrics.csv").read_text()
     run_cli("test", "--ckpt_path", best, *QUIET)  # config.yaml beside the checkpoint
     assert results(fitted)["test"] == expected
+    # the fit's training history is kept; the test run logs beside it
+    assert (fitted / "logs" / "csv" / "metrics.csv").read_text() == history
+    assert "test/recall@20" in (fitted / "logs" / "csv-test" / "metrics.csv").read_text()
     # a checkpoint copied away from its run folder: the config comes from the hyperparameters inside it
     alone = tmp_path / "elsewhere"
     alone.mkdir()
