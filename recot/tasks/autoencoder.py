@@ -1,7 +1,7 @@
 """User-vector recommendation under strong generalization: Mult-VAE / Mult-DAE, SinkhornCF and the loss comparison."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,12 +10,12 @@ from recot.metrics import RankingMetrics
 from recot.nn.item_cost import ItemCosineCost
 from recot.nn.uservec import UserVectorModel, negative_log_likelihood
 from recot.ot.losses import concentration_loss, topk_sinkhorn_loss
-from recot.tasks.base import LRSchedulerCallable, OptimizerCallable, Task
+from recot.tasks.base import LRSchedulerCallable, OptimizerCallable, UserItemTask
 
 LossKind = Literal["model", "sinkhorn", "accelerated"]
 
 
-class AutoencoderTask(Task):
+class AutoencoderTask(UserItemTask):
     """Train a :class:`~recot.nn.uservec.UserVectorModel` on user rows; evaluate on held-out users by fold-in.
 
     Loss per batch of users (mean over users), plus the model's regularization (Mult-VAE's annealed KL, Mult-DAE's
@@ -89,14 +89,6 @@ class AutoencoderTask(Task):
         self.model.build(data.num_users, data.num_items)
         if self.cost is not None and stage == "fit":
             self.cost.fit(data.train)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["recot_sizes"] = {"num_users": self.model.num_users, "num_items": self.model.num_items}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        sizes = checkpoint.get("recot_sizes")
-        if sizes is not None:
-            self.model.build(sizes["num_users"], sizes["num_items"])
 
     def configure_optimizers(self):
         return self.build_optimizers(self.optimizer, self.scheduler, [{"params": list(self.model.parameters())}])

@@ -59,3 +59,17 @@ class Task(L.LightningModule):
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.monitor
         return {"optimizer": opt, "lr_scheduler": config}
+
+
+class UserItemTask(Task):
+    """A task whose ``self.model`` is built for ``num_users x num_items`` (``build``): the sizes travel in the
+    checkpoint, so ``load_from_checkpoint`` (``recot test --ckpt_path``) creates the tables at the right size before
+    the weights are loaded."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recot_sizes"] = {"num_users": self.model.num_users, "num_items": self.model.num_items}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        sizes = checkpoint.get("recot_sizes")
+        if sizes is not None:
+            self.model.build(sizes["num_users"], sizes["num_items"])

@@ -1,17 +1,17 @@
 """Top-k recommendation: pairwise (BPR) or pointwise (BCE) training, full-ranking evaluation over all items."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from recot.metrics import RankingMetrics
 from recot.nn.base import Recommender, take_rows
-from recot.tasks.base import LRSchedulerCallable, OptimizerCallable, Task
+from recot.tasks.base import LRSchedulerCallable, OptimizerCallable, UserItemTask
 
 
-class RankingTask(Task):
+class RankingTask(UserItemTask):
     """Train a :class:`~recot.nn.Recommender` on implicit feedback and evaluate it by full ranking.
 
     Loss per batch of triples ``(u, i+, i-)``:
@@ -62,15 +62,6 @@ class RankingTask(Task):
         if datamodule is None or getattr(datamodule, "data", None) is None:
             raise RuntimeError("RankingTask needs an interaction data module (datamodules.InteractionDataModule)")
         self.model.bind(datamodule.data)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["recot_sizes"] = {"num_users": self.model.num_users, "num_items": self.model.num_items}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # load_from_checkpoint builds the module before its weights are loaded: create the tables at the right size
-        sizes = checkpoint.get("recot_sizes")
-        if sizes is not None:
-            self.model.build(sizes["num_users"], sizes["num_items"])
 
     def configure_optimizers(self):
         if not self.model.trainable:
