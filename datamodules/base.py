@@ -114,3 +114,19 @@ class SeededDataModule(L.LightningDataModule):
             self._pending_state = state_dict
         elif "sampler_generator" in state_dict:
             self.generator.set_state(state_dict["sampler_generator"])
+
+
+class ShuffleState:
+    """Mixin for data modules that shuffle their training items with ``self.generator`` and hold their loaded data in
+    ``self.splits``: the generator state is part of the checkpoint, so a resumed run continues the same batch order. A
+    state loaded before ``setup`` (``self.splits`` still None) waits in ``self._pending_state`` until ``setup`` applies
+    it."""
+
+    def state_dict(self) -> dict:
+        return {"shuffle_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.splits is None:
+            self._pending_state = state_dict
+        elif "shuffle_generator" in state_dict:
+            self.generator.set_state(state_dict["shuffle_generator"])

@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch_geometric.loader import DataLoader
 
+from datamodules.base import ShuffleState
+
 
 def stratified_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
     """Fold id ``(n,)`` of every item: each class is shuffled and dealt round-robin, continuing where the previous
@@ -66,7 +68,7 @@ def resolve_cache_dir(cache_dir: Optional[str] = None) -> Path:
     return Path(env).expanduser() if env else Path("data") / "cache"
 
 
-class FoldDataModule(L.LightningDataModule):
+class FoldDataModule(ShuffleState, L.LightningDataModule):
     """Base of the set/graph classification data modules: one CV fold, PyG loaders, exact-resume shuffling.
 
     Subclasses implement :meth:`load` returning ``(items, labels)`` (a list or PyG dataset of ``Data`` objects with a
@@ -126,16 +128,6 @@ class FoldDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
-
-    def state_dict(self) -> dict:
-        # the shuffling generator: a resumed run continues the same batch order
-        return {"shuffle_generator": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.splits is None:
-            self._pending_state = state_dict
-        elif "shuffle_generator" in state_dict:
-            self.generator.set_state(state_dict["shuffle_generator"])
 
 
 def _take(items, index: np.ndarray):

@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 
+from datamodules.base import ShuffleState
 from datamodules.errors import DataFormatError, missing_file
 from datamodules.folds import resolve_cache_dir
 from datamodules.readers import resolve_data_dir
@@ -278,7 +279,7 @@ def encode(g: RawGraph, num_node_features: int, num_edge_features: int) -> Data:
     return data
 
 
-class GEDDataModule(L.LightningDataModule):
+class GEDDataModule(ShuffleState, L.LightningDataModule):
     """Graph pairs with distances (module docstring) for :class:`recot.tasks.GraphDistanceTask`.
 
     Args:
@@ -380,12 +381,3 @@ class GEDDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["test"], batch_size=self.eval_batch_size, collate_fn=collate_pairs)
-
-    def state_dict(self) -> dict:
-        return {"shuffle_generator": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.splits is None:
-            self._pending_state = state_dict
-        elif "shuffle_generator" in state_dict:
-            self.generator.set_state(state_dict["shuffle_generator"])
