@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.roundrobin import round_robin  # noqa: E402  (after the path insert)
+
 # each variant: configs/gotnet/gowalla.yaml with these overrides
 VARIANTS = {"gotnet-every10": {"cluster_every": 10, "ot_iters": 5},
             "gotnet-every1": {"cluster_every": 1, "ot_iters": 5},
@@ -67,30 +69,13 @@ def build(name: str, data, lr: float):
     return task, task.configure_optimizers()
 
 
-def train_batch(task, opt, batch) -> tuple[float, float]:
-    """Seconds of one training step (forward, backward, optimizer step) and its loss."""
-    start = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    loss = task.training_step(batch, 0)
-    loss.backward()
-    opt.step()
-    return time.perf_counter() - start, loss.item()
-
-
 def time_models(dm, names: list[str], batches: int, lr: float) -> None:
     loader = dm.train_dataloader()
     per_epoch = len(loader)
     stream = iter(loader)
     data = [next(stream) for _ in range(batches + 1)]
     models = {name: build(name, dm.data, lr) for name in names}
-    seconds: dict[str, list[float]] = {name: [] for name in models}
-    losses: dict[str, float] = {}
-    for step, batch in enumerate(data):
-        for name, (task, opt) in models.items():
-            elapsed, loss = train_batch(task, opt, batch)
-            if step > 0:
-                seconds[name].append(elapsed)
-            losses[name] = loss
+    seconds, _, losses = round_robin(models, data)
     anchor = statistics.mean(seconds["lightgcn"]) if "lightgcn" in seconds else None
     print(f"| model | s/batch (mean) | s/batch (min..max) | s/epoch (mean x {per_epoch}) | x lightgcn | "
           f"loss of the last batch | OT iterations per step (users / items) |")

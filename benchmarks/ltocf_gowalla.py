@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.roundrobin import round_robin  # noqa: E402  (after the path insert)
 
 LTOCF_VARIANTS = {
     "euler": {"solver": "euler"},
@@ -61,16 +62,6 @@ def build(name: str, data, lr: float):
     return task, task.configure_optimizers()
 
 
-def train_batch(task, opt, batch) -> tuple[float, float]:
-    """Seconds of one training step (forward, backward, optimizer step) and its loss."""
-    start = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    loss = task.training_step(batch, 0)
-    loss.backward()
-    opt.step()
-    return time.perf_counter() - start, loss.item()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
@@ -96,17 +87,8 @@ def main() -> None:
     batches = [next(stream) for _ in range(args.batches + 1)]
 
     models = {name: build(name, dm.data, args.lr) for name in args.models}
-    seconds: dict[str, list[float]] = {name: [] for name in models}
-    nfe: dict[str, int] = {}
-    first_loss: dict[str, float] = {}
-    for step, batch in enumerate(batches):
-        for name, (task, opt) in models.items():
-            elapsed, loss = train_batch(task, opt, batch)
-            if step > 0:
-                seconds[name].append(elapsed)
-            else:
-                first_loss[name] = loss
-            nfe[name] = getattr(task.model, "last_nfe", task.model.num_layers)
+    seconds, first_loss, _ = round_robin(models, batches)
+    nfe = {name: getattr(task.model, "last_nfe", task.model.num_layers) for name, (task, _) in models.items()}
 
     anchor = "lightgcn-k4" if "lightgcn-k4" in seconds else next(iter(seconds))
     anchor_s = statistics.median(seconds[anchor])
