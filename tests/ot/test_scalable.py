@@ -244,3 +244,47 @@ def test_factored_kernel_validates_its_parts():
     kernel = FactoredKernel((1, 2, 2), log_u=torch.zeros(1, 2, 1), log_w=torch.zeros(1, 1, 2))
     plan, *_ = factored_sinkhorn(kernel, tol=1e-8)
     torch.testing.assert_close(plan.to_dense(), torch.full((1, 2, 2), 0.25))
+
+
+# ------------------------------------------------------------------------------ LCN correction: block path
+
+
+def _lcn_parts(dtype, eps, n_hashes, seed=0):
+    from recot.ot.factored import pair_sq_dists
+    from recot.ot.nystrom import nystrom_factors
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 120, 3, generator=g, dtype=dtype)
+    y = torch.randn(2, 100, 3, generator=g, dtype=dtype) + 0.2
+    mask_y = torch.ones(2, 100, dtype=torch.bool)
+    mask_y[1, 80:] = False
+    z = landmarks_of(x, y, 12, generator=g)
+    p = neighbour_pattern(x, y, n_clusters=6, n_hashes=n_hashes, mask_y=mask_y, generator=g)
+    return nystrom_factors(x, y, z, eps), pair_sq_dists(x, y, p) / (-eps), p
+
+
+@pytest.mark.parametrize("dtype,eps", [(F64, 1.0), (F64, 0.01), (torch.float32, 0.05), (torch.float32, 0.002)])
+@pytest.mark.parametrize("n_hashes", [1, 3])
+def test_lcn_block_correction_equals_per_entry_sums(dtype, eps, n_hashes):
+    """The block-GEMM path (k-means cluster blocks; the entries it does not cover, e.g. of a union of 3
+    clusterings, go the per-entry way) gives the per-entry float64 max-shifted sums, down to small eps in float32."""
+    from recot.ot.lcn import lcn_correction
+    f, log_k, p = _lcn_parts(dtype, eps, n_hashes)
+    ref_log, ref_sign = lcn_correction(*f, log_k, p, path="entries")
+    log, sign = lcn_correction(*f, log_k, p, path="blocks")
+    assert torch.isfinite(log).all() and (sign == ref_sign).all()
+    torch.testing.assert_close(log, ref_log, rtol=0, atol=1e-9 if dtype == F64 else 1e-4)
+
+
+def test_lcn_block_path_covers_kmeans_blocks_and_keeps_gradients():
+    from recot.ot.lcn import _correction_blocks, lcn_correction
+    (lu, lw, sw), log_k, p = _lcn_parts(F64, 0.5, 1)
+    B, n, m = p.shape
+    flat = lambda t: t.transpose(-1, -2).reshape(B * m, -1)  # noqa: E731
+    *_, todo = _correction_blocks(lu.reshape(B * n, -1), flat(lw), flat(sw), log_k, p)
+    assert todo.float().mean() < 0.05  # one k-means clustering: (nearly) every entry lies in a dense block
+    lu, lw = lu.clone().requires_grad_(), lw.clone().requires_grad_()
+    for path in ("entries", "blocks"):
+        g = torch.autograd.grad(lcn_correction(lu, lw, sw, log_k, p, path=path)[0].sum(), (lu, lw))
+        if path == "entries":
+            ref = g
+    torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-8)
