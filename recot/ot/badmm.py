@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from .result import OTResult
-from .utils import Problem, check_grad_mode, iterate, masked_log, neg, setup_problem
+from .utils import Problem, check_grad_mode, clamped_exp, iterate, logsumexp, masked_log, neg, setup_problem
 
 __all__ = ["BADMMState", "badmm", "badmm_init", "badmm_step"]
 
@@ -77,7 +77,7 @@ def _finite(weight) -> bool:
 def _prior_mix(lse: Tensor, log_prior: Tensor, w, alpha, mask: Optional[Tensor]) -> Tensor:
     """Log marginal of a Bregman sub-problem with a KL prior of weight ``alpha`` on the simplex."""
     v = _fill((w * lse + alpha * log_prior) / (w + alpha), mask)
-    return _fill(v - torch.logsumexp(v, -1, keepdim=True), mask)
+    return _fill(v - logsumexp(v, -1)[..., None], mask)
 
 
 def _log_marginals(prob: Problem) -> Tuple[Tensor, Tensor]:
@@ -141,18 +141,18 @@ def badmm_step(
     """
     log_p, log_s, log_mu, log_eta, z, z1, z2 = state
     quadratic = reg_type == "quadratic"
-    s = log_s.exp()
     y = (cost_p + z) / (-rho) + log_s
     if quadratic:
-        y = y - (reg / rho) * s
+        y = y - (reg / rho) * clamped_exp(log_s)
     rho_a, rho_b = reg_m
     relax_a, relax_b = relax_marginals and _finite(rho_a), relax_marginals and _finite(rho_b)
     y = _fill(y, mask2d)
-    lse = torch.logsumexp(y, -1)
+    lse = logsumexp(y, -1)
     if relax_a:
         log_mu = _prior_mix(lse, log_a, rho, rho_a, mask_a)
-    log_p = _fill(y + (log_mu - lse)[..., :, None], mask2d)
-    p = log_p.exp()
+    # y holds neg on padding and log_mu - lse is finite there (-log m on padded rows): no second fill needed
+    log_p = y + (log_mu - lse)[..., :, None]
+    p = clamped_exp(log_p)
     if callable(cost_s):
         cost_s = cost_s(p)
     zc = z if cost_s is None else z - cost_s
@@ -161,18 +161,18 @@ def badmm_step(
     else:
         y = (zc + rho * log_p) / (reg + rho)
     y = _fill(y, mask2d)
-    lse = torch.logsumexp(y, -2)
+    lse = logsumexp(y, -2)
     if relax_b:
         log_eta = _prior_mix(lse, log_b, rho if quadratic else reg + rho, rho_b, mask_b)
-    log_s = _fill(y + (log_eta - lse)[..., None, :], mask2d)
-    s = log_s.exp()
+    log_s = y + (log_eta - lse)[..., None, :]  # neg on padding, as log_p
+    s = clamped_exp(log_s)
     if not relax_marginals and _finite(rho_a):
         v = _fill((rho * log_mu + rho_a * log_a - z1) / (rho + rho_a), mask_a)
-        log_mu = _fill(v - torch.logsumexp(v, -1, keepdim=True), mask_a)
+        log_mu = _fill(v - logsumexp(v, -1)[..., None], mask_a)
         z1 = z1 + rho * (log_mu.exp() - p.sum(-1))
     if not relax_marginals and _finite(rho_b):
         v = _fill((rho * log_eta + rho_b * log_b - z2) / (rho + rho_b), mask_b)
-        log_eta = _fill(v - torch.logsumexp(v, -1, keepdim=True), mask_b)
+        log_eta = _fill(v - logsumexp(v, -1)[..., None], mask_b)
         z2 = z2 + rho * (log_eta.exp() - s.sum(-2))
     z = z + rho * (p - s)
     return BADMMState(log_p, log_s, log_mu, log_eta, z, z1, z2)

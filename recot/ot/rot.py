@@ -55,7 +55,7 @@ from .badmm import _log_marginals, badmm_init, badmm_step
 from .losses import entropy_term
 from .result import OTResult
 from .sinkhorn import _potential_change, _sinkhorn_step
-from .utils import iterate, log_kernel, neg, setup_problem
+from .utils import clamped_exp, iterate, log_kernel, logsumexp, neg, setup_problem
 
 __all__ = ["ROTResult", "ROTWeights", "Structure", "rot_badmm", "rot_objective", "rot_readout", "rot_sinkhorn",
            "similarity"]
@@ -165,7 +165,7 @@ def _mask_log(log_plan: Tensor, mask2d: Optional[Tensor]) -> Tensor:
 
 def _normalize(log_plan: Tensor, mask2d: Optional[Tensor]) -> Tensor:
     """Project onto Omega (total mass 1) in the log domain; empty problems stay empty."""
-    total = torch.logsumexp(log_plan.flatten(-2), -1)[..., None, None]
+    total = logsumexp(log_plan.flatten(-2), -1)[..., None, None]
     return _mask_log(log_plan - total, mask2d)
 
 
@@ -186,6 +186,7 @@ def rot_sinkhorn(
     num_modules: int = 4,
     inner_iter: int = 5,
     tol: float = 1e-4,
+    stats: bool = True,
 ) -> ROTResult:
     r"""ROTP_S (Alg. 1): T proximal modules (Eq. 15), each K log-domain Sinkhorn steps on Eq. 16.
 
@@ -202,6 +203,8 @@ def rot_sinkhorn(
             each module, Alg. 1 line 4).
         tol: ``converged`` reports whether the last inner iteration changed the potentials by at most ``tol``
             (L1, scaled by the entropy weight).
+        stats: False (the pooling layer's path) returns only ``log_plan`` (not normalised to mass 1: the readout
+            normalises rows anyway), ``f``, ``g`` and ``n_iter``; ``plan``, ``value``, ``err``, ``converged`` are None.
 
     Returns:
         :class:`ROTResult` with ``plan (B, D, N)`` of mass 1, ``value`` :math:`\langle -X, P\rangle`, the last
@@ -210,26 +213,26 @@ def rot_sinkhorn(
     prob, log_a, log_b = _problem(x, mask, p0, q0)
     batch = prob.cost.shape[:-2]
     log_plan = _mask_log(log_a[..., :, None] + log_b[..., None, :], prob.mask2d)
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     f = g = err = None
     for t in range(num_modules):
         w = weights.at(t)
         eps = w.alpha1 + w.step
         cost = prob.cost - w.step * log_plan
         if structure is not None and not _is_zero(w.alpha0):
-            cost = cost - (2 * w.alpha0) * structure.apply(log_plan.exp())
-        if prob.mask2d is not None:
-            cost = torch.where(prob.mask2d, cost, zero)
-        logk = log_kernel(cost, eps, prob.mask2d)
+            cost = cost - (2 * w.alpha0) * structure.apply(clamped_exp(log_plan))
+        logk = log_kernel(cost, eps, prob.mask2d)  # replaces the padded costs (-tau * neg) by neg
         tau_a, tau_b = _tau(w.alpha2, eps), _tau(w.alpha3, eps)
         step = partial(_sinkhorn_step, logk=logk, ca=tau_a * log_a, cb=tau_b * log_b, tau_a=tau_a, tau_b=tau_b,
                        mask_a=prob.mask_a, mask_b=prob.mask_b)
+        last = t == num_modules - 1
         (phi, gamma), _, err = iterate(step, (torch.zeros_like(log_a), torch.zeros_like(log_b)), max_iter=inner_iter,
                                        tol=0.0, check_every=inner_iter, batch_shape=batch, device=x.device,
-                                       dtype=x.dtype, error=_potential_change)
-        log_plan = _normalize(logk + phi[..., :, None] + gamma[..., None, :], prob.mask2d)
-        f, g = phi * eps, gamma * eps
-    return _result(prob, log_plan, f, g, num_modules * inner_iter, err, tol)
+                                       dtype=x.dtype, error=_potential_change if stats and last else None)
+        log_plan = logk + phi[..., :, None] + gamma[..., None, :]
+        if stats or not last:  # the next module's cost needs the plan of mass 1
+            log_plan = _normalize(log_plan, prob.mask2d)
+    f, g = phi * eps, gamma * eps
+    return _result(prob, log_plan, f, g, num_modules * inner_iter, err, tol, stats)
 
 
 def rot_badmm(
@@ -244,13 +247,14 @@ def rot_badmm(
     num_modules: int = 4,
     marginals: str = "relaxed",
     tol: float = 1e-4,
+    stats: bool = True,
 ) -> ROTResult:
     r"""ROTP_B-E (``reg_type="entropic"``) / ROTP_B-Q (``"quadratic"``), Alg. 2: T Bregman ADMM modules.
 
     Module t updates P by Eq. 23 with cost :math:`-X - \alpha_0\Sigma_1 S^{(t)}\Sigma_2^\top`, S by Eq. 25 with
     cost :math:`-\alpha_0\Sigma_1^\top P^{(t+1)}\Sigma_2`, then the duals (Eq. 28); ``weights.step`` is
     :math:`\rho`. ``marginals``: ``"relaxed"`` (the KL priors solved inside the sub-problems) or ``"paper"``
-    (Eqs. 26-27 as published). Arguments as :func:`rot_sinkhorn`.
+    (Eqs. 26-27 as published). Arguments (``stats`` included) as :func:`rot_sinkhorn`.
 
     Returns:
         :class:`ROTResult` with ``plan = P (B, D, N)`` (mass 1), ``value`` :math:`\langle -X, P\rangle`,
@@ -264,13 +268,15 @@ def rot_badmm(
         w = weights.at(t)
         cost_p, cost_s = prob.cost, None
         if structure is not None and not _is_zero(w.alpha0):
-            cost_p = cost_p - w.alpha0 * structure.apply(state.log_s.exp())
+            cost_p = cost_p - w.alpha0 * structure.apply(clamped_exp(state.log_s))
             cost_s = partial(_structural_cost, structure=structure, alpha0=w.alpha0)
         state = badmm_step(state, cost_p, reg=w.alpha1, rho=w.step, log_a=log_a, log_b=log_b, reg_type=reg_type,
                            reg_m=(w.alpha2, w.alpha3), cost_s=cost_s, relax_marginals=marginals == "relaxed",
                            mask_a=prob.mask_a, mask_b=prob.mask_b, mask2d=prob.mask2d)
+    if not stats:
+        return _result(prob, state.log_p, None, None, num_modules, None, tol, stats)
     with torch.no_grad():
-        err = (state.log_p.exp() - state.log_s.exp()).abs().sum((-2, -1))
+        err = (clamped_exp(state.log_p) - clamped_exp(state.log_s)).abs().sum((-2, -1))
     return _result(prob, _normalize(state.log_p, prob.mask2d), None, None, num_modules, err, tol)
 
 
@@ -282,11 +288,13 @@ def _is_zero(w: Weight) -> bool:
     return not torch.is_tensor(w) and w == 0
 
 
-def _result(prob, log_plan: Tensor, f, g, n_iter: int, err: Tensor, tol: float) -> ROTResult:
-    plan = log_plan.exp()
-    batch = prob.cost.shape[:-2]
-    return ROTResult(plan=plan, value=(prob.cost * plan).sum((-2, -1)), f=f, g=g,
-                     n_iter=torch.full(batch, n_iter, dtype=torch.long, device=plan.device), err=err,
+def _result(prob, log_plan: Tensor, f, g, n_iter: int, err: Optional[Tensor], tol: float,
+            stats: bool = True) -> ROTResult:
+    n_iter = torch.full(prob.cost.shape[:-2], n_iter, dtype=torch.long, device=log_plan.device)
+    if not stats:
+        return ROTResult(plan=None, value=None, f=f, g=g, n_iter=n_iter, err=None, converged=None, log_plan=log_plan)
+    plan = clamped_exp(log_plan)
+    return ROTResult(plan=plan, value=(prob.cost * plan).sum((-2, -1)), f=f, g=g, n_iter=n_iter, err=err,
                      converged=err <= tol, log_plan=log_plan)
 
 
@@ -296,7 +304,8 @@ def rot_readout(x: Tensor, log_plan: Tensor, mask: Optional[Tensor] = None) -> T
     ``x: (B, N, D)``, ``log_plan: (B, D, N)``, ``mask: (B, N)`` -> ``(B, D)``. Rows are normalised in the log
     domain (a softmax over samples), so no row underflows to 0/0; an empty set gives 0.
     """
-    weights = torch.softmax(log_plan, dim=-1)
+    # softmax by hand: torch's exp takes a slow path below log(tiny), where padding and most small entries lie
+    weights = clamped_exp(log_plan - logsumexp(log_plan, -1)[..., None])
     if mask is not None:
         weights = weights * mask[..., None, :].to(weights.dtype)
     return (weights * x.transpose(-1, -2)).sum(-1)

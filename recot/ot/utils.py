@@ -24,6 +24,7 @@ __all__ = [
     "GRAD_MODES",
     "Problem",
     "check_grad_mode",
+    "clamped_exp",
     "clamped_exp_",
     "iterate",
     "log_kernel",
@@ -148,15 +149,42 @@ def masked_update(new: Tensor, old: Tensor, mask: Optional[Tensor], active: Opti
     return new if mask is None else torch.where(mask, new, old)
 
 
-def clamped_exp_(t: Tensor) -> Tensor:
+def clamped_exp_(t: Tensor, exact_zero: bool = True) -> Tensor:
     """In-place ``exp`` of shifted log-weights (all <= 0), clamped at ``log(tiny) + 1`` first.
 
     On x86 CPUs ``exp`` of arguments below ``log(tiny)`` (-87.3 in float32) takes a subnormal slow path
     some 20-50x slower, and at small eps most kernel entries land there. Those terms are below
     ``e * tiny`` relative to the largest one (which is 1), so counting them as ``e * tiny`` changes a
-    sum of ``m`` terms by at most ``3 m tiny`` relative: far below rounding.
+    sum of ``m`` terms by at most ``3 m tiny`` relative: far below rounding. With ``exact_zero`` results up to
+    ``4 tiny`` are then set to exactly 0 (padding's :func:`neg` included): a floor of ``e * tiny`` would turn
+    later products (gradients, ``grad * plan``) into subnormals, whose arithmetic is as slow; a result that is
+    only summed can skip that pass.
     """
-    return t.clamp_min_(math.log(torch.finfo(t.dtype).tiny) + 1.0).exp_()
+    tiny = torch.finfo(t.dtype).tiny
+    t = t.clamp_min_(math.log(tiny) + 1.0).exp_()
+    return torch.nn.functional.threshold_(t, 4 * tiny, 0.0) if exact_zero else t
+
+
+class _ClampedExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        out = clamped_exp_(t.clamp_min(math.log(torch.finfo(t.dtype).tiny) + 1.0))  # a copy, clamped
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        (out,) = ctx.saved_tensors
+        return grad * out
+
+
+def clamped_exp(t: Tensor) -> Tensor:
+    """Out-of-place, differentiable ``exp`` of log-weights without the subnormal slow path (:func:`clamped_exp_`).
+
+    Results below ``4 tiny`` (padding's :func:`neg` included) are exactly 0, never subnormal; the gradient is
+    ``grad * out``, as ``exp``'s."""
+    return _ClampedExp.apply(t)
 
 
 class _LogSumExpStep(torch.autograd.Function):
@@ -171,7 +199,7 @@ class _LogSumExpStep(torch.autograd.Function):
     def forward(ctx, logk: Tensor, pot: Tensor, dim: int) -> Tensor:
         t = logk + (pot.unsqueeze(-2) if dim == -1 else pot.unsqueeze(-1))
         mx = t.amax(dim, keepdim=True)
-        out = clamped_exp_(t.sub_(mx)).sum(dim).log_().add_(mx.squeeze(dim))
+        out = clamped_exp_(t.sub_(mx), exact_zero=False).sum(dim).log_().add_(mx.squeeze(dim))
         ctx.save_for_backward(logk, pot, out)
         ctx.dim = dim
         return out
@@ -190,13 +218,32 @@ class _LogSumExpStep(torch.autograd.Function):
         return g_logk, g_pot, None
 
 
+class _LogSumExp(torch.autograd.Function):
+    """``log sum exp`` along ``dim`` with clamped exponentials; backward ``grad * exp(t - out)`` as torch's."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, dim: int) -> Tensor:
+        mx = t.amax(dim, keepdim=True)
+        out = clamped_exp_(t - mx, exact_zero=False).sum(dim).log_().add_(mx.squeeze(dim))
+        ctx.save_for_backward(t, out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        t, out = ctx.saved_tensors
+        return clamped_exp_(t - out.unsqueeze(ctx.dim)).mul_(grad.unsqueeze(ctx.dim)), None
+
+
 def logsumexp(t: Tensor, dim: int) -> Tensor:
     """``torch.logsumexp(t, dim)`` without the subnormal slow path of ``exp`` (see :func:`clamped_exp_`).
 
-    Differentiable (out of place); ``t`` must be finite (use :func:`neg` for padding)."""
-    mx = t.detach().amax(dim, keepdim=True)
-    low = math.log(torch.finfo(t.dtype).tiny) + 1.0
-    return (t - mx).clamp_min(low).exp().sum(dim).log() + mx.squeeze(dim)
+    Differentiable (once; out of place); ``t`` must be finite (use :func:`neg` for padding). An empty ``dim``
+    gives ``-inf`` as torch's does."""
+    if t.shape[dim] == 0:
+        return torch.logsumexp(t, dim)
+    return _LogSumExp.apply(t, dim)
 
 
 def lse_rows(logk: Tensor, pot: Tensor) -> Tensor:

@@ -50,6 +50,10 @@ class ROTPooling(SetAggregation):
     The paper assumes non-negative inputs (post-ReLU features); the layer accepts any real input.
     """
 
+    # A bucket of padded sets costs T modules of ~100 small tensor calls forward and backward, as much as some
+    # 500 padded elements (measured on a PROTEINS batch, one thread: ``benchmarks/rotp_speed.py``).
+    bucket_overhead = 512.0
+
     def __init__(self, in_channels: Optional[int] = None, solver: Literal["sinkhorn", "badmm-e", "badmm-q"] = "badmm-e",
                  num_modules: int = 4, inner_iter: int = 5, alpha0: float = 0.1, alpha1: float = 1.0,
                  alpha2: float = 1.0, alpha3: float = 1.0, step: float = 1.0,
@@ -114,20 +118,22 @@ class ROTPooling(SetAggregation):
             q0 = masked_softmax(self.q0_logits.expand(x.shape[:-1]), mask)
         return p0, q0
 
-    def solve(self, x: Tensor, mask: Optional[Tensor] = None) -> ROTResult:
-        """The plan of Eq. 3 for padded sets ``x: (B, N, D)``: a :class:`~recot.ot.rot.ROTResult` ``(B, D, N)``."""
+    def solve(self, x: Tensor, mask: Optional[Tensor] = None, stats: bool = True) -> ROTResult:
+        """The plan of Eq. 3 for padded sets ``x: (B, N, D)``: a :class:`~recot.ot.rot.ROTResult` ``(B, D, N)``
+        (``stats=False``: ``log_plan`` only, up to a constant per set, as :meth:`dense` needs)."""
         w = self.weights()
         p0, q0 = self.priors(x, mask)
         structural = "alpha0" in self.raw or self.fixed["alpha0"] > 0
         structure = similarity(x, mask, self.similarity) if structural else None
         if self.solver == "sinkhorn":
             return rot_sinkhorn(x, mask, weights=w, p0=p0, q0=q0, structure=structure, num_modules=self.num_modules,
-                                inner_iter=self.inner_iter)
+                                inner_iter=self.inner_iter, stats=stats)
         return rot_badmm(x, mask, weights=w, reg_type="entropic" if self.solver == "badmm-e" else "quadratic", p0=p0,
-                         q0=q0, structure=structure, num_modules=self.num_modules, marginals=self.marginals)
+                         q0=q0, structure=structure, num_modules=self.num_modules, marginals=self.marginals,
+                         stats=stats)
 
     def dense(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        return rot_readout(x, self.solve(x, mask).log_plan, mask)
+        return rot_readout(x, self.solve(x, mask, stats=False).log_plan, mask)
 
     def log_values(self) -> dict[str, Tensor]:
         """The learnable weights (mean over modules), for logging."""
