@@ -54,7 +54,8 @@ __all__ = ["BADMMState", "badmm", "badmm_init", "badmm_step"]
 
 class BADMMState(NamedTuple):
     """BADMM variables: ``log_p, log_s, z`` are ``(*batch, n, m)``; ``log_mu, z1`` ``(*batch, n)``;
-    ``log_eta, z2`` ``(*batch, m)``."""
+    ``log_eta, z2`` ``(*batch, m)``; ``s = exp(log_s)`` as the last step computed it (reused by the next step and
+    by the ROT layer's structural cost; None = recompute)."""
 
     log_p: Tensor
     log_s: Tensor
@@ -63,6 +64,7 @@ class BADMMState(NamedTuple):
     z: Tensor
     z1: Tensor
     z2: Tensor
+    s: Optional[Tensor] = None
 
 
 def _fill(x: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -95,7 +97,8 @@ def badmm_init(log_a: Tensor, log_b: Tensor, mask2d: Optional[Tensor] = None) ->
     ``log_a``/``log_b`` hold :func:`recot.ot.utils.neg` on padding."""
     log_p = _fill(log_a[..., :, None] + log_b[..., None, :], mask2d)
     zero2 = torch.zeros_like(log_p)
-    return BADMMState(log_p, log_p.clone(), log_a, log_b, zero2, torch.zeros_like(log_a), torch.zeros_like(log_b))
+    return BADMMState(log_p, log_p.clone(), log_a, log_b, zero2, torch.zeros_like(log_a), torch.zeros_like(log_b),
+                      clamped_exp(log_p))
 
 
 def badmm_step(
@@ -144,13 +147,13 @@ def badmm_step(
     or :math:`\rho` (quadratic) in place of :math:`\rho`; :math:`z_1, z_2` stay 0. :math:`\alpha \to \infty`
     gives the hard marginals of the published step, :math:`\alpha = 0` leaves that marginal free.
     """
-    log_p, log_s, log_mu, log_eta, z, z1, z2 = state
+    log_p, log_s, log_mu, log_eta, z, z1, z2, s = state
     quadratic = reg_type == "quadratic"
     # addcmul fuses "+ a * b" into one pass over the (n, m) plan (every line here is memory-bound)
     w = partial(_scalar, like=log_s)
     y = torch.addcmul(log_s, cost_p + z, w(-1 / rho))
     if quadratic:
-        y = torch.addcmul(y, clamped_exp(log_s), w(-reg / rho))
+        y = torch.addcmul(y, clamped_exp(log_s) if s is None else s, w(-reg / rho))
     rho_a, rho_b = reg_m
     relax_a, relax_b = relax_marginals and _finite(rho_a), relax_marginals and _finite(rho_b)
     y = _fill(y, mask2d)
@@ -182,7 +185,7 @@ def badmm_step(
         log_eta = _fill(v - logsumexp(v, -1)[..., None], mask_b)
         z2 = z2 + rho * (log_eta.exp() - s.sum(-2))
     z = torch.addcmul(z, p - s, w(rho))
-    return BADMMState(log_p, log_s, log_mu, log_eta, z, z1, z2)
+    return BADMMState(log_p, log_s, log_mu, log_eta, z, z1, z2, s)
 
 
 def _residual(state: BADMMState, prev) -> Tuple[Tensor, BADMMState]:
@@ -197,6 +200,9 @@ def _freeze(new: BADMMState, old: BADMMState, active: Optional[Tensor]) -> BADMM
         return new
     out = []
     for n_, o_ in zip(new, old):
+        if n_ is None or o_ is None:
+            out.append(None)
+            continue
         act = active.reshape(active.shape + (1,) * (n_.dim() - active.dim()))
         out.append(torch.where(act, n_, o_))
     return BADMMState(*out)

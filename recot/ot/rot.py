@@ -268,7 +268,7 @@ def rot_badmm(
         w = weights.at(t)
         cost_p, cost_s = prob.cost, None
         if structure is not None and not _is_zero(w.alpha0):
-            cost_p = torch.addcmul(cost_p, structure.apply(clamped_exp(state.log_s)), _scalar(-w.alpha0, like=x))
+            cost_p = torch.addcmul(cost_p, structure.apply(state.s), _scalar(-w.alpha0, like=x))
             cost_s = partial(_structural_cost, structure=structure, alpha0=w.alpha0)
         state = badmm_step(state, cost_p, reg=w.alpha1, rho=w.step, log_a=log_a, log_b=log_b, reg_type=reg_type,
                            reg_m=(w.alpha2, w.alpha3), cost_s=cost_s, relax_marginals=marginals == "relaxed",
@@ -305,10 +305,11 @@ def rot_readout(x: Tensor, log_plan: Tensor, mask: Optional[Tensor] = None) -> T
     domain (a softmax over samples), so no row underflows to 0/0; an empty set gives 0.
     """
     # softmax by hand: torch's exp takes a slow path below log(tiny), where padding and most small entries lie
+    # Padded samples hold neg in log_plan, hence weight exactly 0; only an empty set (all neg: uniform weights)
+    # needs the mask, applied to the output.
     weights = clamped_exp(log_plan - logsumexp(log_plan, -1)[..., None])
-    if mask is not None:
-        weights = weights * mask[..., None, :].to(weights.dtype)
-    return (weights * x.transpose(-1, -2)).sum(-1)
+    out = (weights * x.transpose(-1, -2)).sum(-1)
+    return out if mask is None else out * mask.any(-1, keepdim=True).to(out.dtype)
 
 
 def rot_objective(
