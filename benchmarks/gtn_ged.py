@@ -6,6 +6,7 @@ overrides; results are read from the run folders' ``results.json``.
     python benchmarks/gtn_ged.py --runs aids30 --seeds 0 1 2 --epochs 20 --train_pairs 0   # 0 = all pairs
     python benchmarks/gtn_ged.py --max_minutes 4 --eval_pairs 500       # every run stopped after 4 min of training
     python benchmarks/gtn_ged.py --mean_baseline --eval_pairs 500       # RMSE of predicting the training mean
+    python benchmarks/gtn_ged.py --runs aids30 --tag -nocal --set model.init_args.model.init_args.calibrate=false
 
 The paper trains 200 epochs on all training pairs (10,296) with 3 seeds; on a shared 2-core CPU this script's default
 budget is ``--epochs`` epochs on a fixed random subset of ``--train_pairs`` training pairs (Pref. att. 200:
@@ -75,6 +76,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
     ap.add_argument("--mean_baseline", action="store_true",
                     help="only print the test RMSE of predicting the training mean on the same pair subsets")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra CLI override for every run, e.g. model.init_args.model.init_args.calibrate=false")
+    ap.add_argument("--tag", default="", help="suffix of the run names (and of the rows), e.g. -nocal")
     ap.add_argument("--data_dir", default=os.environ.get("RECOT_DATA") or str(SHARED))
     ap.add_argument("--root", default=str(REPO / "benchmarks" / "out" / "gtn"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "gtn_ged.json"))
@@ -90,7 +94,7 @@ def main() -> None:
         train = args.train_pairs_200 if pm200 else args.train_pairs
         evals = args.eval_pairs_200 if pm200 else args.eval_pairs
         for seed in args.seeds:
-            name = f"{run}-s{seed}"
+            name = f"{run}{args.tag}-s{seed}"
             cmd = [sys.executable, "-m", "recot.cli", "fit", "--config", config, "--seed_everything", str(seed),
                    "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
                    "--trainer.enable_model_summary", "false", "--data.init_args.data_dir", args.data_dir,
@@ -98,6 +102,9 @@ def main() -> None:
             if train:
                 cmd += ["--data.init_args.max_pairs", str(train)]
             cmd += ["--data.init_args.max_eval_pairs", str(evals or 10**9)]
+            for item in args.set:
+                key, _, value = item.partition("=")
+                cmd += [f"--{key}", value]
             if args.max_minutes:
                 minutes, seconds = divmod(round(args.max_minutes * 60), 60)
                 cmd += ["--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}"]  # Lightning's DD:HH:MM:SS
@@ -107,7 +114,7 @@ def main() -> None:
                 failure = None if proc.returncode == 0 else (proc.stderr or proc.stdout)[-2000:]
             except subprocess.TimeoutExpired:
                 failure = f"killed after --timeout {args.timeout} s"
-            row = dict(run=run, seed=seed, epochs=epochs, train_pairs=train or "all", eval_pairs=evals or "all",
+            row = dict(run=run + args.tag, seed=seed, epochs=epochs, train_pairs=train or "all", eval_pairs=evals or "all",
                        max_minutes=args.max_minutes or None, poster=poster, wall_s=time.time() - start,
                        command=" ".join(cmd))
             res_file = Path(args.root) / name / "results.json"

@@ -28,6 +28,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_geometric.data import Batch
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import degree, to_dense_batch
 
@@ -130,6 +131,12 @@ class GTN(nn.Module):
             ``hyperplane``).
         extensive: the target grows with the graph size (GED); otherwise the cost is divided by ``n + m``.
         seed: of the LSH projections (a buffer: fixed for the model's life, saved in checkpoints).
+        calibrate: start training in the target range (:meth:`calibrate_scale`, called by
+            :class:`recot.tasks.GraphDistanceTask` on the first training batch; multi-head: the output MLP starts as
+            the mean of the heads' costs). ``False``: the official GTN start, whose embedding scale
+            :math:`\bar D/\sqrt{D}` assumes embedding differences of norm :math:`\sqrt{D}`; at initialisation the
+            predictions are then 20-60x below the targets (AIDS30, Pref. att., Pref. att. 200), and
+            :math:`\varepsilon`, set relative to :math:`\bar D`, is as many times too large for the actual costs.
     """
 
     def __init__(self, emb_size: int = 32, num_layers: int = 3, act: str = "leaky_relu", deg_norm_hidden: bool = True,
@@ -138,7 +145,7 @@ class GTN(nn.Module):
                  max_iter: int = 500,
                  tol: float = 0.0, grad: str = "envelope", landmarks: int = 10, neighbours: str = "kmeans",
                  n_clusters: int = 10, n_hashes: int = 1, n_bands: int = 1, kmeans_iter: int = 10,
-                 extensive: bool = True, seed: int = 0):
+                 extensive: bool = True, seed: int = 0, calibrate: bool = True):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {num_heads}")
@@ -157,7 +164,7 @@ class GTN(nn.Module):
         self.max_iter, self.tol, self.grad = max_iter, tol, grad
         self.approx = dict(landmarks=landmarks, method=neighbours, n_clusters=n_clusters, n_hashes=n_hashes,
                            n_bands=n_bands, kmeans_iter=kmeans_iter, cluster_init="farthest")
-        self.extensive, self.seed = extensive, seed
+        self.extensive, self.seed, self.calibrate = extensive, seed, calibrate
         self.sizes: Optional[dict] = None
 
     # --- construction for the data ---------------------------------------------------------------------------
@@ -184,9 +191,19 @@ class GTN(nn.Module):
             self.head_proj = nn.Linear(dim, self.num_heads * dim, bias=False)
             self.output = nn.Sequential(nn.Linear(self.num_heads, self.emb_size), nn.LeakyReLU(),
                                         nn.Linear(self.emb_size, 1))
+            if self.calibrate:  # start as the mean head cost (costs are >= 0: the LeakyReLU passes them)
+                with torch.no_grad():
+                    self.output[0].weight[0].fill_(1.0 / self.num_heads)
+                    self.output[0].bias[0] = 0.0
+                    self.output[2].weight.zero_()
+                    self.output[2].weight[0, 0] = 1.0
+                    self.output[2].bias.zero_()
         # embeddings scaled so that node costs start at the scale of the targets per node
         self.emb_scale = (dist_scale / math.sqrt(dim) if self.cost == "euclidean" else math.sqrt(dist_scale / dim))
         self.dist_scale = dist_scale
+        # data-dependent factor of the embedding scale (calibrate_scale); saved with the model
+        self.register_buffer("emb_gain", torch.ones(()))
+        self.register_buffer("calibrated", torch.tensor(not self.calibrate))
         if self.approx["method"] in ("crosspolytope", "hyperplane"):
             g = torch.Generator().manual_seed(self.seed)
             proj = torch.stack([lsh_projections(dim, self.approx["n_clusters"], self.approx["method"],
@@ -201,12 +218,53 @@ class GTN(nn.Module):
     def built(self) -> bool:
         return self.sizes is not None
 
+    @torch.no_grad()
+    def calibrate_scale(self, g1, g2, y: Tensor, reduce: Callable[[Tensor], Tensor] = lambda t: t,
+                        rounds: int = 5, tol: float = 0.05, max_pairs: int = 32) -> float:
+        r"""Scale the embeddings so that the mean predicted distance of the pairs ``(g1, g2)`` matches the mean of
+        their targets ``y`` (once, before training: a data-dependent initialisation). The node and deletion costs
+        are homogeneous in the embedding scale (degree 1, or 2 for ``sq_euclidean``), the plans are not (they
+        depend on it through :math:`\varepsilon`): fixed-point rounds in log scale, each step accepted only if
+        the mean prediction stays positive and gets closer to the target (else halved, up to 3 times; Nyström /
+        LCN kernels break down, with negative values, when the costs grow large against :math:`\varepsilon`).
+        ``reduce`` sums over processes (DDP: every process gets the same factor). At most ``max_pairs`` pairs of
+        the batch are used (each round costs forward passes). Returns the factor; sets ``calibrated``."""
+        power = 1.0 if self.cost == "euclidean" else 2.0
+        if int(g1.num_graphs) > max_pairs:
+            keep = list(range(max_pairs))
+            g1, g2 = Batch.from_data_list(g1.index_select(keep)), Batch.from_data_list(g2.index_select(keep))
+            y = y[:max_pairs]
+
+        def log_ratio() -> float:  # log(mean target / mean prediction); nan if the prediction is not usable
+            total = reduce(torch.stack([y.sum(), self(g1, g2).sum()]).double())
+            ok = bool(total[0] > 0 and total[1] > 0 and torch.isfinite(total).all())
+            return float((total[0] / total[1]).log()) if ok else float("nan")
+
+        current = log_ratio()
+        for _ in range(rounds):
+            if not math.isfinite(current) or abs(current) < tol:
+                break
+            start, step, accepted = float(self.emb_gain), current / power, False
+            for _ in range(4):
+                self.emb_gain.fill_(start * math.exp(step))
+                new = log_ratio()
+                if math.isfinite(new) and abs(new) < abs(current):
+                    current, accepted = new, True
+                    break
+                step /= 2
+            if not accepted:
+                self.emb_gain.fill_(start)
+                break
+        self.calibrated.fill_(True)
+        return float(self.emb_gain)
+
     # --- forward ------------------------------------------------------------------------------------------------
     def embed(self, g1, g2) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Padded node embeddings ``(B, n, D), (B, m, D)`` and masks, heads folded into the batch (``H B``)."""
         B = int(g1.num_graphs)
-        x, mx = to_dense_batch(self.encoder(g1) * self.emb_scale, g1.batch, batch_size=B)
-        y, my = to_dense_batch(self.encoder(g2) * self.emb_scale, g2.batch, batch_size=B)
+        scale = self.emb_scale * self.emb_gain
+        x, mx = to_dense_batch(self.encoder(g1) * scale, g1.batch, batch_size=B)
+        y, my = to_dense_batch(self.encoder(g2) * scale, g2.batch, batch_size=B)
         if self.head_proj is not None:  # (B, n, H D) -> (H B, n, D), head-major
             H, D = self.num_heads, x.shape[-1]
             x = self.head_proj(x).view(B, -1, H, D).permute(2, 0, 1, 3).reshape(H * B, -1, D)
@@ -265,5 +323,10 @@ class GTN(nn.Module):
         return self.output(costs).squeeze(-1)
 
     def log_values(self) -> dict[str, Tensor]:
-        """Learned deletion-cost scale (mean |alpha|), logged each epoch."""
-        return {"alpha": self.alpha.detach().abs().mean()} if self.built and self.alpha is not None else {}
+        """Learned deletion-cost scale (mean |alpha|) and the calibrated embedding gain, logged each epoch."""
+        if not self.built:
+            return {}
+        out = {"emb_gain": self.emb_gain.detach().clone()}
+        if self.alpha is not None:
+            out["alpha"] = self.alpha.detach().abs().mean()
+        return out

@@ -81,6 +81,8 @@ class GraphDistanceTask(Task):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if not bool(getattr(self.model, "calibrated", True)):  # once, before the first update (GTN.calibrate)
+            self.model.calibrate_scale(*batch, reduce=lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -142,3 +142,31 @@ def test_gtn_rejects_bad_settings():
         GTN(solver="dense")
     with pytest.raises(RuntimeError, match="build"):
         GTN()(None, None)
+
+
+@pytest.mark.parametrize("heads,solver", [(1, "full"), (8, "full"), (1, "lcn")])
+def test_calibration_starts_the_predictions_at_the_target_scale(heads, solver):
+    """GTN's embedding scale (mean distance per node / sqrt(dim)) assumes embedding differences of norm sqrt(dim);
+    a fresh GNN's are much smaller, so uncalibrated predictions start far below the targets. calibrate_scale
+    rescales the embeddings on one batch; held-out pairs then start near their mean (one gain, saved as a buffer)."""
+    data = _labelled(random_graphs(24, seed=6, max_nodes=8), seed=7)
+    for d in data:
+        d.x, d.edge_attr = d.x.double(), d.edge_attr.double()
+    sizes = torch.tensor([float(d.num_nodes) for d in data], dtype=torch.float64)
+    y = 2.0 * (sizes[:12] + sizes[12:]) / 2  # the model's dist_scale (2.0) per node
+    g1, g2 = Batch.from_data_list(data[:12]), Batch.from_data_list(data[12:])
+    model = _model(solver, heads)
+    fit, held = slice(0, 6), slice(6, 12)
+    with torch.no_grad():
+        before = model(g1, g2)
+        if heads > 1:  # the multi-head output starts as the mean of the heads' costs
+            torch.testing.assert_close(before, model.transport_costs(g1, g2).mean(-1))
+    assert before.mean() < 0.5 * y.mean()
+    assert not model.calibrated
+    gain = model.calibrate_scale(g1, g2, y, max_pairs=6)  # the first 6 pairs only
+    assert model.calibrated and gain > 2 and float(model.emb_gain) == gain
+    with torch.no_grad():
+        after = model(g1, g2)
+    assert 0.9 < float(after[fit].mean() / y[fit].mean()) < 1.1
+    assert 0.6 < float(after[held].mean() / y[held].mean()) < 1.6
+    assert not GTN(calibrate=False).calibrate
