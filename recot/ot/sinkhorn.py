@@ -51,6 +51,8 @@ from .result import OTResult
 from .utils import (
     Problem,
     check_grad_mode,
+    clamped_exp,
+    clamped_exp_,
     iterate,
     log_kernel,
     lse_cols,
@@ -178,6 +180,67 @@ def _solve_potentials(prob: Problem, *, eps, reg_m, reg_type, max_iter, tol, eps
         )
         total = total + n
     return phi * eps, gamma * eps, total, err
+
+
+def _real(t: Tensor, mask: Optional[Tensor]) -> Tensor:
+    # padding's 0 would give log 0 = -inf, and 0 * inf = NaN in an unrolled backward through torch.where
+    return t if mask is None else torch.where(mask, t, torch.ones_like(t))
+
+
+def _solve_scaling(prob: Problem, *, eps, reg_m, reg_type, max_iter, tol, check_every, init, absorb=30.0):
+    """``method="scaling"``: Sinkhorn on scaling vectors with absorption (Schmitzer 2019, Sec. 3.2); same fixed
+    point and updates as the log-domain loop, returns ``f, g, n_iter, err`` as :func:`_solve_potentials`.
+
+    The kernel :math:`\tilde K = \exp((f \oplus g - C)/\varepsilon)` is formed once with the current potentials
+    (one exp pass), after which an iteration is two matrix-vector products instead of two log-sum-exp passes over
+    the n x m matrix. When a scaling leaves ``[-absorb, absorb]`` (in log) or is not finite (a row or column of
+    :math:`\tilde K` underflowed), the scalings are absorbed into the potentials, one log-domain iteration
+    re-centres them (it cannot underflow) and the kernel is rebuilt. All problems of the batch run the same number of
+    iterations (until every one is within ``tol``).
+    """
+    rho_a, rho_b = reg_m
+    balanced = math.isinf(rho_a) and math.isinf(rho_b)
+    log_a, log_b = masked_log(prob.a, prob.mask_a), masked_log(prob.b, prob.mask_b)
+    tau_a, tau_b = _tau(rho_a, eps), _tau(rho_b, eps)
+    ca = log_a if reg_type == "kl" or tau_a == 1.0 else tau_a * log_a
+    cb = log_b if reg_type == "kl" or tau_b == 1.0 else tau_b * log_b
+    logk = log_kernel(prob.cost, eps, prob.mask2d)
+    log_step = partial(_sinkhorn_step, logk=logk, ca=ca, cb=cb, tau_a=tau_a, tau_b=tau_b, mask_a=prob.mask_a,
+                       mask_b=prob.mask_b)
+    phi, gamma = _init_potentials(prob, log_a, log_b, eps, reg_type == "kl" and not balanced, init)
+    batch = prob.cost.shape[:-2]
+    n, err = 0, torch.full(batch, math.inf, dtype=prob.cost.dtype, device=prob.cost.device)
+    recentre = init is None  # a cold start's kernel exp(-C/eps) may underflow whole rows at small eps
+    while n < max_iter:
+        if recentre:
+            phi, gamma = log_step((phi, gamma), None)
+            n += 1
+        t = logk + phi[..., :, None] + gamma[..., None, :]
+        kt = clamped_exp(t) if torch.is_grad_enabled() else clamped_exp_(t)  # grad="unroll" differentiates this
+        lu, lv = torch.zeros_like(phi), torch.zeros_like(gamma)
+        recentre = True
+        while n < max_iter:
+            kv = _real(torch.matmul(kt, lv.exp().unsqueeze(-1)).squeeze(-1), prob.mask_a)
+            new_u = masked_update(ca - tau_a * (kv.log() - phi) - phi, lu, prob.mask_a, None)
+            ktu = _real(torch.matmul(new_u.exp().unsqueeze(-2), kt).squeeze(-2), prob.mask_b)
+            new_v = masked_update(cb - tau_b * (ktu.log() - gamma) - gamma, lv, prob.mask_b, None)
+            if not (bool(torch.isfinite(new_u).all()) and bool(torch.isfinite(new_v).all())):
+                break  # an underflowed row/column: absorb what is good and re-centre in the log domain
+            prev_u, prev_v, lu, lv = lu, lv, new_u, new_v
+            n += 1
+            if n == max_iter or (tol > 0 and n % check_every == 0):
+                if balanced:
+                    rows = lu.exp() * torch.matmul(kt, lv.exp().unsqueeze(-1)).squeeze(-1)
+                    d = (rows - prob.a).abs()
+                    err = (d if prob.mask_a is None else d.masked_fill(~prob.mask_a, 0)).sum(-1)
+                else:
+                    err = (lu - prev_u).abs().sum(-1) + (lv - prev_v).abs().sum(-1)
+                if tol > 0 and bool((err <= tol).all()):
+                    return (phi + lu) * eps, (gamma + lv) * eps, torch.full(batch, n, device=phi.device), err
+            if max(float(lu.detach().abs().max()), float(lv.detach().abs().max())) > absorb:
+                break
+        phi, gamma = phi + lu, gamma + lv
+    return phi * eps, gamma * eps, torch.full(batch, n, device=phi.device), err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,6 +410,7 @@ def sinkhorn(
     check_every: int = 10,
     stage_iter: int = 10,
     init: Optional[Tuple[Tensor, Tensor]] = None,
+    method: str = "log",
 ) -> OTResult:
     r"""Log-domain Sinkhorn for a batch of (masked) entropic OT problems; see the module docstring.
 
@@ -388,6 +452,10 @@ def sinkhorn(
         check_every: iterations between convergence checks (each costs half an iteration).
         stage_iter: iterations per non-final eps-scaling stage.
         init: optional warm start ``(f, g)`` (detached).
+        method: ``"log"`` (log-sum-exp half-steps over the n x m log-kernel; every problem frozen once within
+            ``tol``) or ``"scaling"`` (the same updates on scaling vectors with absorption into the potentials:
+            one exp pass per absorption, then two matrix-vector products per iteration, several times faster on
+            large dense problems; no ``eps_scaling``; every problem runs until all are within ``tol``).
 
     Returns:
         :class:`OTResult` with ``plan (*batch, n, m)``, ``value``, ``f (*batch, n)``, ``g (*batch, m)``,
@@ -405,20 +473,18 @@ def sinkhorn(
         raise ValueError(f"eps must be positive, got {eps}")
     if reg_type not in ("kl", "entropy"):
         raise ValueError(f"reg_type must be 'kl' or 'entropy', got {reg_type!r}")
+    if method not in ("log", "scaling"):
+        raise ValueError(f"method must be 'log' or 'scaling', got {method!r}")
+    if method == "scaling" and eps_scaling is not None:
+        raise ValueError("method='scaling' does not anneal eps: use eps_scaling=None or method='log'")
     rho = _parse_reg_m(reg_m)
     prob = setup_problem(cost, a, b, mask_a, mask_b)
-    solve = partial(
-        _solve_potentials,
-        eps=eps,
-        reg_m=rho,
-        reg_type=reg_type,
-        max_iter=max_iter,
-        tol=tol,
-        eps_scaling=eps_scaling,
-        check_every=check_every,
-        stage_iter=stage_iter,
-        init=init,
-    )
+    if method == "scaling":
+        solve = partial(_solve_scaling, eps=eps, reg_m=rho, reg_type=reg_type, max_iter=max_iter, tol=tol,
+                        check_every=check_every, init=init)
+    else:
+        solve = partial(_solve_potentials, eps=eps, reg_m=rho, reg_type=reg_type, max_iter=max_iter, tol=tol,
+                        eps_scaling=eps_scaling, check_every=check_every, stage_iter=stage_iter, init=init)
     kappa = tuple(0.0 if math.isinf(r) else (math.inf if r == 0 else eps / r) for r in rho)
     beta = tuple(1.0 + k if reg_type == "kl" else 1.0 for k in kappa)
     plan, value, f, g, n_iter, err = differentiate(prob, solve, eps=eps, grad=grad, kappa=kappa, beta=beta)

@@ -43,9 +43,12 @@ def test_recovers_separated_clusters_with_balanced_masses(solver):
         assert (d.min(-1).values < 0.5).all()
 
 
-def test_centroids_are_plan_weighted_means_and_loss_is_eq8():
+@pytest.mark.parametrize("grad", ["implicit", "envelope"])
+@pytest.mark.parametrize("method", ["log", "scaling"])
+def test_centroids_are_plan_weighted_means_and_loss_is_eq8(grad, method):
+    """The envelope mode's entropy comes from the potentials (two sums, no log per entry): the same Eq. 8 value."""
     x, _ = blobs(heads=1)
-    res = ot_kmeans(x, 4, eps=0.05, n_iter=3, generator=torch.Generator().manual_seed(0))
+    res = ot_kmeans(x, 4, eps=0.05, n_iter=3, generator=torch.Generator().manual_seed(0), grad=grad, method=method)
     p = res.plan
     torch.testing.assert_close(res.centroids, (p.transpose(-1, -2) @ x) / p.sum(-2)[..., None])
     eq8 = (p * res.cost).sum((-2, -1)) + 0.05 * (p * (p.log() - 1)).sum((-2, -1))

@@ -325,3 +325,72 @@ def test_invalid_arguments():
         sinkhorn(cost, eps=0.1, eps_scaling=1.5)
     with pytest.raises(ValueError):
         sinkhorn(cost, eps=0.1, reg_type="l2")
+
+
+# ----------------------------------------------------------------------------- method="scaling"
+
+
+@pytest.mark.parametrize("reg_m", [None, 0.5, (0.3, 2.0)])
+@pytest.mark.parametrize("reg_type", ["kl", "entropy"])
+def test_scaling_method_matches_the_log_domain(make, reg_m, reg_type):
+    cost, a, b = make(batch=(3,), n=6, m=7)
+    if reg_m is not None:
+        b = 1.7 * b
+    for eps in (0.05, 0.3):
+        ref = sinkhorn(cost, a, b, eps=eps, reg_m=reg_m, reg_type=reg_type, **TIGHT)
+        res = sinkhorn(cost, a, b, eps=eps, reg_m=reg_m, reg_type=reg_type, method="scaling", **TIGHT)
+        assert res.converged.all()
+        torch.testing.assert_close(res.plan, ref.plan, atol=1e-11, rtol=0)
+        torch.testing.assert_close(res.value, ref.value, atol=1e-11, rtol=0)
+        # same potentials' convention: the plan is exp((f + g - C) / eps)
+        torch.testing.assert_close(res.plan, torch.exp((res.f[..., :, None] + res.g[..., None, :] - cost) / eps))
+
+
+@pytest.mark.parametrize("grad", ["unroll", "envelope", "implicit"])
+def test_scaling_method_masked_ragged_batch_and_gradients(grad):
+    g = torch.Generator().manual_seed(1)
+    sizes = [(4, 3), (6, 2), (1, 5)]
+    x = torch.randn(3, 6, 2, generator=g, dtype=F64, requires_grad=True)
+    y = torch.randn(3, 5, 2, generator=g, dtype=F64)
+    mask_a, mask_b = torch.zeros(3, 6, dtype=torch.bool), torch.zeros(3, 5, dtype=torch.bool)
+    for k, (n, m) in enumerate(sizes):
+        mask_a[k, :n], mask_b[k, :m] = True, True
+    grads = []
+    for method in ("log", "scaling"):
+        res = sinkhorn(sq_euclidean(x, y), mask_a=mask_a, mask_b=mask_b, eps=0.5, grad=grad, method=method, **TIGHT)
+        for k, (n, m) in enumerate(sizes):
+            alone = sinkhorn(sq_euclidean(x[k, :n], y[k, :m]), eps=0.5, **TIGHT)
+            torch.testing.assert_close(res.plan[k, :n, :m], alone.plan, atol=1e-10, rtol=0)
+            assert res.plan[k, n:].abs().sum() == 0 and res.plan[k, :, m:].abs().sum() == 0
+        (grad_x,) = torch.autograd.grad(res.value.sum() + (res.plan ** 2).sum(), x)
+        grads.append(grad_x)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-8, rtol=0)
+
+
+def test_scaling_method_float32_small_eps_cold_and_warm():
+    """At eps = 1e-3 of the max cost most of exp(-C/eps) underflows in float32: the cold start re-centres in the log
+    domain and absorbs, so it agrees with the log-domain solver; a warm start reaches it in fewer iterations."""
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 400, 8, generator=g), torch.randn(2, 12, 8, generator=g)
+    cost = sq_euclidean(x, c)
+    cost = cost / cost.amax()
+    for eps in (1e-3, 1e-2):
+        ref = sinkhorn(cost, eps=eps, tol=1e-4, max_iter=3000, check_every=1)
+        res = sinkhorn(cost, eps=eps, tol=1e-4, max_iter=3000, check_every=1, method="scaling")
+        for t in (res.plan, res.f, res.g, res.err):
+            assert torch.isfinite(t).all()
+        assert res.converged.all(), res.err
+        true = (res.plan.double().sum(-1) - 1 / 400).abs().sum(-1) + (res.plan.double().sum(-2) - 1 / 12).abs().sum(-1)
+        assert (true <= 1e-4 + 1e-5).all()
+        assert torch.allclose(res.value, ref.value, rtol=1e-3)
+        warm = sinkhorn(cost * 1.01, eps=eps, tol=1e-4, max_iter=3000, check_every=1, method="scaling",
+                        init=(res.f, res.g))
+        cold = sinkhorn(cost * 1.01, eps=eps, tol=1e-4, max_iter=3000, check_every=1, method="scaling")
+        assert warm.converged.all() and (warm.n_iter < cold.n_iter).all()
+
+
+def test_scaling_method_invalid_arguments():
+    with pytest.raises(ValueError, match="method"):
+        sinkhorn(torch.rand(3, 4), eps=0.1, method="nope")
+    with pytest.raises(ValueError, match="eps_scaling"):
+        sinkhorn(torch.rand(3, 4), eps=0.1, method="scaling", eps_scaling=0.5)
