@@ -81,7 +81,8 @@ class Recommender(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no message-passing layers")
 
     def combine(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Readout over all layers' representations; the last layer by default."""
+        """Readout over all layers' representations; the last layer by default. Row-wise: row r of the result
+        depends on row r of each layer only (wrappers such as GOTNet apply it to a subset of the rows)."""
         return layers[-1]
 
     def layer_dims(self) -> list[int]:
@@ -96,12 +97,18 @@ class Recommender(nn.Module):
         training batch's users and items). A model may then leave the other rows unspecified; GOTNet computes its
         non-local term for these rows only. Models whose cost does not depend on it ignore it.
         """
+        return self.combine(self.layer_outputs())
+
+    def layer_outputs(self, stacked: bool = False) -> list:
+        """The layer loop's representations ``[(users, items) of layer 0, ..., of layer L]`` (``(U, d_l), (I, d_l)``),
+        what :meth:`combine` reads out; ``stacked=True``: ``[(U + I, d_l) users then items, ...]`` instead (one
+        gather of a few rows per layer, with one gradient buffer, for wrappers such as GOTNet)."""
         u, i = self.initial()
         layers = [(u, i)]
         for layer in range(self.num_layers):
             u, i = self.propagate(layer, u, i)
             layers.append((u, i))
-        return self.combine(layers)
+        return [torch.cat(pair) for pair in layers] if stacked else layers
 
     # --- scores ---------------------------------------------------------------------------------
     def score(self, users: torch.Tensor, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:

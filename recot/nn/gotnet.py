@@ -73,6 +73,9 @@ class OTSettings:
             ``K << N`` a cluster's marginal violation (mass 1/K) dwarfs a point's (1/N), so its greedy steps are
             mostly full column updates (a Sinkhorn half-step each) while the rows advance a block at a time, and each
             step pays Python overhead (measured: README, gotnet section; ``benchmarks/gotnet_gowalla.py --solvers``).
+        method: Sinkhorn's arithmetic (:func:`recot.ot.sinkhorn`): ``scaling`` (default; scaling vectors with
+            absorption: one exp pass, then two matrix-vector products per iteration) or ``log`` (log-sum-exp
+            half-steps, several times slower on the N x K problems here); the same iterates and fixed point.
         iters: maximum solver iterations per assignment step; one Greenkhorn iteration is one sweep of
             ``ceil((N + K) / block)`` greedy block steps, the same O(N K) work as one Sinkhorn iteration.
         tol: stop earlier once the L1 marginal error is ``<= tol`` (checked once per iteration); 0 = exactly ``iters``.
@@ -84,21 +87,31 @@ class OTSettings:
         init: first centroids (first training batch), drawn from the model's generator: ``random`` (K distinct
             points) or ``kmeans++`` (better seeds, but K sequential passes over the points: ~30 s per layer and side
             at Gowalla's K = 299 on a loaded 2-core CPU). Later batches refine them, so the seeding matters little.
+        nodes: the points of a training step's Eq. 8: ``all`` the N users (M items), or ``batch``: the training batch's
+            distinct users (items), with marginals 1/n over them, a mini-batch k-means step (Sculley 2010) in
+            Algorithm 1's loop "for each mini-batch": O(n K d) instead of O(N K d) per step, and gradients reach
+            only the batch's rows. Evaluation attends to the stored centroids either way.
     """
 
     eps: float = 0.01
     solver: Solver = "sinkhorn"
+    method: Literal["scaling", "log"] = "scaling"
     iters: int = 100
     tol: float = 1e-3
     block: Optional[int] = None
     grad: GradMode = "envelope"
     init: Literal["kmeans++", "random"] = "random"
+    nodes: Literal["all", "batch"] = "all"
 
     def __post_init__(self):
         if self.solver not in ("greenkhorn", "sinkhorn"):
             raise ValueError(f"solver must be 'greenkhorn' or 'sinkhorn', got {self.solver!r}")
         if self.grad not in ("envelope", "implicit", "unroll"):
             raise ValueError(f"grad must be 'envelope', 'implicit' or 'unroll', got {self.grad!r}")
+        if self.method not in ("scaling", "log"):
+            raise ValueError(f"method must be 'scaling' or 'log', got {self.method!r}")
+        if self.nodes not in ("all", "batch"):
+            raise ValueError(f"nodes must be 'all' or 'batch', got {self.nodes!r}")
         if self.init not in ("kmeans++", "random"):
             raise ValueError(f"init must be 'kmeans++' or 'random', got {self.init!r}")
         if not self.eps > 0 or self.iters < 1 or self.tol < 0 or (self.block is not None and self.block < 1):
@@ -108,7 +121,7 @@ class OTSettings:
     def solver_args(self, n: int, k: int) -> tuple[dict[str, Any], int]:
         """Keyword arguments for :func:`recot.ot.ot_kmeans` and the solver steps per iteration."""
         if self.solver == "sinkhorn":
-            return {"max_iter": self.iters, "tol": self.tol, "check_every": 1}, 1
+            return {"max_iter": self.iters, "tol": self.tol, "check_every": 1, "method": self.method}, 1
         block = self.block or math.ceil((n + k) / 100)
         sweep = math.ceil((n + k) / block)
         return {"max_iter": self.iters * sweep, "tol": self.tol, "block": block, "check_every": sweep}, sweep
@@ -130,12 +143,14 @@ class OTClustering(nn.Module):
         self.register_buffer("g", torch.zeros(heads, num_clusters))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
 
-    def forward(self, points: torch.Tensor, generator: torch.Generator, update: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, points: torch.Tensor, generator: torch.Generator, update: bool,
+                ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One assignment step of Eq. 8 and the centroid refinement.
 
         Args:
-            points: ``(H, N, d)`` projected representations ``f^h(e_i)``.
+            points: ``(H, N, d)`` projected representations ``f^h(e_i)``, or ``(H, n, d)`` for the nodes ``ids``
+                (distinct) only: Eq. 8 over this sample (marginals 1/n), warm-started from and storing their
+                potentials (``nodes="batch"`` of :class:`OTSettings`).
             generator: draws the first centroids when none are stored yet.
             update: store the refined centroids and potentials (training) or leave the state untouched (evaluation).
 
@@ -162,7 +177,8 @@ class OTClustering(nn.Module):
         km = ot_kmeans(points, self.num_clusters, eps=s.eps, n_iter=1, solver=s.solver, cost=cost, normalize=None,
                        init=self.centroids.to(points, copy=True) if ready else s.init, generator=generator,
                        grad=s.grad,
-                       potentials=(self.f.to(points, copy=True), self.g.to(points, copy=True)) if ready else None,
+                       potentials=((self.f if ids is None else self.f.index_select(1, ids)).to(points, copy=True),
+                                   self.g.to(points, copy=True)) if ready else None,
                        **kwargs)
         # Eq. 8 in the units of ||f(e) - c||^2 with eps * scale as its entropic weight (the same plan): unlike the
         # normalised objective, its gradient does not grow as 1 / scale when the embeddings shrink
@@ -170,7 +186,10 @@ class OTClustering(nn.Module):
         if update:
             with torch.no_grad():
                 self.centroids.copy_(km.centroids)
-                self.f.copy_(km.ot.f)
+                if ids is None:
+                    self.f.copy_(km.ot.f)
+                else:
+                    self.f.index_copy_(1, ids, km.ot.f.to(self.f))
                 self.g.copy_(km.ot.g)
                 self.ready.fill_(True)
         with torch.no_grad():
@@ -210,21 +229,29 @@ class NonLocalAttention(nn.Module):
         return torch.softmax(queries @ centroids.transpose(-1, -2) / math.sqrt(self.dim_in), dim=-1)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator, cluster: bool,
-                rows: Optional[torch.Tensor] = None
+                rows: Optional[torch.Tensor] = None, x_rows: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], dict[str, torch.Tensor]]:
-        """``x (N, d_in)`` -> ``e' (N, d_out)``, ``L_OT`` summed over heads (None when not clustered), statistics.
+        """``x (N, d_in)`` -> ``e' (N, d_out)`` (or its ``rows``), ``L_OT`` summed over heads (None when not
+        clustered), statistics.
 
         In training, ``cluster=True`` runs Eq. 8 from the stored centroids and stores the refined ones;
         ``cluster=False`` (``cluster_every > 1``) attends to the stored centroids as constants. In evaluation the
         stored centroids are used as they are (like batch norm's running statistics: evaluation is deterministic and
         changes no state); only a model that never trained clusters, from ``generator``, without storing anything.
 
-        ``rows`` (distinct ids, optional): attend for these rows only; the other rows of ``e'`` are zero. Eq. 8 still
-        sees every point when it runs.
+        ``rows`` (optional distinct ids): attend for these rows only and return their ``(len(rows), d_out)``
+        representations; ``x_rows`` may pass ``x[rows]`` when the caller has it. Eq. 8 sees every point, or with
+        ``nodes="batch"`` in training these rows only.
         """
         weight = self.projection.transpose(-1, -2)
+        if rows is not None and x_rows is None:
+            x_rows = take_rows(x, rows)
         clustering = (self.training and cluster) or not bool(self.clustering.ready)
-        if clustering:
+        if clustering and self.training and rows is not None and self.clustering.settings.nodes == "batch":
+            points = torch.matmul(x_rows.unsqueeze(0), weight)  # (H, n, d_in): f^h(e) of the batch's rows
+            centroids, loss, stats = self.clustering(points, generator, update=True, ids=rows)
+            loss = loss.sum()
+        elif clustering:
             points = torch.matmul(x.unsqueeze(0), weight)  # (H, N, d_in): f^h(e)
             centroids, loss, stats = self.clustering(points, generator, update=self.training)
             loss = loss.sum()
@@ -232,13 +259,11 @@ class NonLocalAttention(nn.Module):
                 points = points.index_select(1, rows)
         else:
             centroids, loss, stats = self.clustering.centroids.to(x, copy=True), None, {}
-            points = torch.matmul((x if rows is None else take_rows(x, rows)).unsqueeze(0), weight)
+            points = torch.matmul((x if rows is None else x_rows).unsqueeze(0), weight)
         attention = self.attend(points, centroids)
         self.last_attention = attention.detach()
         mixed = attention @ centroids  # (H, n, d_in): e'^(h)
         out = self.out(mixed.transpose(0, 1).reshape(points.shape[1], self.heads * self.dim_in))
-        if rows is not None:
-            out = out.new_zeros(x.shape[0], out.shape[1]).index_copy(0, rows, out)
         return out, loss, stats
 
 
@@ -258,7 +283,8 @@ class GOTNet(Recommender):
         eps: Eq. 8's entropic regularisation relative to the max-normalised cost (paper: 0.01).
         solver: ``sinkhorn`` (default) or ``greenkhorn`` (the paper's; much slower on a CPU, see
             :class:`OTSettings`).
-        ot_iters, ot_tol, block, grad, init: how each assignment step is solved, see :class:`OTSettings`.
+        ot_method, ot_iters, ot_tol, block, grad, init: how each assignment step is solved, see
+            :class:`OTSettings` (``ot_method`` is its ``method``).
         cluster_every: run Eq. 8 every this many training batches (1 = every batch, the paper's Algorithm 1). In
             between, attention (Eqs. 9-10) uses the last centroids as constants and the batch has no OT loss: an
             amortisation for large graphs, where the attention is cheap next to the clustering.
@@ -268,6 +294,10 @@ class GOTNet(Recommender):
             (the run's ``seed_everything`` under the CLI). Its state is saved in checkpoints (exact resume).
         mix_into_next: False (default) = Eq. 11's mixture enters the readout only; True = it is also the next
             layer's input (see the module docstring).
+        cluster_nodes: ``all`` (default): Eq. 8 over all N users / M items at every clustering step; ``batch``: over
+            the training batch's distinct users / items (a mini-batch k-means step; see :class:`OTSettings`.nodes),
+            the setting for large graphs. Needs the training batch's rows (the ranking task passes them) and
+            ``mix_into_next=False``; otherwise all nodes are clustered.
 
     Cost per layer and head: ``O((N + M) d^2)`` for the projections and ``O((N + M) K d)`` for the cost, the
     centroids and the attention, plus the solver's iterations of ``O(N K + M P)`` each; with ``envelope`` gradients
@@ -276,11 +306,12 @@ class GOTNet(Recommender):
 
     def __init__(self, backbone: Recommender, num_user_clusters: Union[int, float] = 0.01,
                  num_item_clusters: Union[int, float] = 0.01, heads: int = 1, beta: float = 0.01,
-                 gamma: float = 0.01, eps: float = 0.01, solver: Solver = "sinkhorn", ot_iters: int = 100,
+                 gamma: float = 0.01, eps: float = 0.01, solver: Solver = "sinkhorn",
+                 ot_method: Literal["scaling", "log"] = "scaling", ot_iters: int = 100,
                  ot_tol: float = 1e-3, block: Optional[int] = None, grad: GradMode = "envelope",
                  init: Literal["kmeans++", "random"] = "random", cluster_every: int = 1,
                  train_lambda: Optional[float] = None, eval_lambda: float = 0.5, seed: Optional[int] = None,
-                 mix_into_next: bool = False):
+                 mix_into_next: bool = False, cluster_nodes: Literal["all", "batch"] = "all"):
         super().__init__()
         if not isinstance(backbone, Recommender):
             raise TypeError(f"backbone must be a recot.nn.Recommender, got {type(backbone).__name__}")
@@ -296,8 +327,8 @@ class GOTNet(Recommender):
         self.trainable = backbone.trainable
         self.num_user_clusters, self.num_item_clusters = num_user_clusters, num_item_clusters
         self.heads, self.beta, self.gamma = heads, beta, gamma
-        self.settings = OTSettings(eps=eps, solver=solver, iters=ot_iters, tol=ot_tol, block=block, grad=grad,
-                                   init=init)
+        self.settings = OTSettings(eps=eps, solver=solver, method=ot_method, iters=ot_iters, tol=ot_tol, block=block, grad=grad,
+                                   init=init, nodes=cluster_nodes)
         self.cluster_every, self.train_lambda, self.eval_lambda = cluster_every, train_lambda, eval_lambda
         self.seed = seed
         self.mix_into_next = mix_into_next
@@ -352,9 +383,10 @@ class GOTNet(Recommender):
         """The backbone's layer loop with Eqs. 7-11 after each propagation, its readout over ``e^(0), e''^(1), ...,
         e''^(L)`` (Eq. 3); in training also the OT losses of Eq. 12 and the epoch's statistics.
 
-        ``rows = (user ids, item ids)`` (the training batch's; see :meth:`Recommender.embed`): the attention of
-        Eqs. 9-10 runs for these rows only, the other rows of the result are unspecified. Clustering (Eq. 8) still
-        uses every node. Ignored with ``mix_into_next`` (every row then feeds the next layer) and in evaluation."""
+        ``rows = (user ids, item ids)`` (the training batch's; see :meth:`Recommender.embed`): Eqs. 9-11 and the
+        readout run for these rows only (the backbone's row-wise ``combine``) and the other rows of the result are 0.
+        Clustering (Eq. 8) still uses every node. Ignored with ``mix_into_next`` (every row then feeds the next
+        layer) and in evaluation."""
         if self.users is None:
             raise RuntimeError("GOTNet is not built: call bind(data) first (the ranking task does this in setup)")
         if self.training:
@@ -366,16 +398,19 @@ class GOTNet(Recommender):
             self._lambdas = [float(self.eval_lambda)] * self.num_layers
             self._cluster = False
         self._losses, self._stats = {"uOT": [], "iOT": []}, {}
-        # distinct ids: index_copy back into (N, d) must not see a row twice (its gradient would be counted twice)
-        only = ((rows[0].unique(), rows[1].unique()) if rows is not None and self.training
-                and not self.mix_into_next else (None, None))
-        u, i = self.backbone.initial()
-        layers = [(u, i)]
-        for layer in range(self.num_layers):
-            mixed, local = self._layer(layer, u, i, only)
-            layers.append(mixed)
-            u, i = mixed if self.mix_into_next else local
-        out = self.backbone.combine(layers)
+        if rows is not None and self.training and not self.mix_into_next:
+            out = self._embed_rows(rows[0].unique(), rows[1].unique())
+        elif self.mix_into_next:
+            u, i = self.backbone.initial()
+            layers = [(u, i)]
+            for layer in range(self.num_layers):
+                u, i = self._mix(layer, (u, i), self.backbone.propagate(layer, u, i))
+                layers.append((u, i))
+            out = self.backbone.combine(layers)
+        else:
+            local = self.backbone.layer_outputs()
+            out = self.backbone.combine([local[0]] + [self._mix(layer, local[layer], local[layer + 1])
+                                                      for layer in range(self.num_layers)])
         self._aux = {}
         if self.training:
             for name, weight in (("uOT", self.beta), ("iOT", self.gamma)):
@@ -388,33 +423,51 @@ class GOTNet(Recommender):
                 self._epoch.setdefault(key, []).append(torch.stack(values).mean())
         return out
 
+    def _embed_rows(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The readout of the given (distinct) rows, scattered into zero ``(U, d), (I, d)``: the backbone's
+        propagation runs on every node, the mixture and the readout on these rows only (a training batch touches a
+        few thousand of Gowalla's 70k nodes)."""
+        states = self.backbone.layer_outputs(stacked=True)  # (U + I, d_l) per layer
+        ids, n = torch.cat([users, items + self.num_users]), users.numel()
+        picked = [take_rows(x, ids).split([n, ids.numel() - n]) for x in states]
+        local = [(x[: self.num_users], x[self.num_users:]) for x in states]  # views: read only by Eq. 8 on all nodes
+        mixed = [picked[0]] + [self._mix(layer, local[layer], picked[layer + 1], rows=(users, items),
+                                         inputs_rows=picked[layer]) for layer in range(self.num_layers)]
+        cu, ci = self.backbone.combine(mixed)
+        # distinct ids: index_copy must not see a row twice (its gradient would be counted twice)
+        return (cu.new_zeros(self.num_users, cu.shape[1]).index_copy(0, users, cu),
+                ci.new_zeros(self.num_items, ci.shape[1]).index_copy(0, items, ci))
+
     def propagate(self, layer: int, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's layer ``l -> l+1`` mixed with the non-local representations of the layer's inputs
         (Eq. 11): ``(U, d_l), (I, d_l) -> (U, d_{l+1}), (I, d_{l+1})``; a wrapper of GOTNet stacks these (the
         ``mix_into_next=True`` reading), while :meth:`embed` follows ``mix_into_next``. It uses the lambdas of the
         last :meth:`embed` (the evaluation lambda before any)."""
-        return self._layer(layer, users, items)[0]
+        return self._mix(layer, (users, items), self.backbone.propagate(layer, users, items))
 
-    def _layer(self, layer: int, users: torch.Tensor, items: torch.Tensor,
-               rows: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)):
-        """``((mixed users, mixed items), (local users, local items))`` of layer ``l -> l+1``; ``rows``: the user and
-        item rows to attend for (None = all)."""
-        local_u, local_i = self.backbone.propagate(layer, users, items)
+    def _mix(self, layer: int, inputs: tuple[torch.Tensor, torch.Tensor], local: tuple[torch.Tensor, torch.Tensor],
+             rows: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None),
+             inputs_rows: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 11 for layer ``l -> l+1``: ``lambda * local + (1 - lambda) * e'`` with ``e'`` the non-local
+        representations (Eqs. 7-10) of the layer's ``inputs`` (all rows, ``(U, d_l), (I, d_l)``); ``local`` holds
+        the backbone's layer ``l + 1`` for all rows, or for ``rows`` only when given."""
         # evaluation before any training step (Lightning's sanity check) clusters from a private generator, so that
         # evaluating never moves the training stream
         gen = self.generator if self.training else torch.Generator().manual_seed(int(self.seed or 0) + layer)
         lam = self._lambdas[layer]
         out = []
-        for side, modules, x, local, name, only in (("user", self.users, users, local_u, "uOT", rows[0]),
-                                                    ("item", self.items, items, local_i, "iOT", rows[1])):
-            nonlocal_x, loss, stats = modules[layer](x, gen, cluster=self._cluster, rows=only)
+        for side, modules, x, x_rows, loc, name, only in (
+                ("user", self.users, inputs[0], inputs_rows[0], local[0], "uOT", rows[0]),
+                ("item", self.items, inputs[1], inputs_rows[1], local[1], "iOT", rows[1])):
+            nonlocal_x, loss, stats = modules[layer](x, gen, cluster=self._cluster, rows=only, x_rows=x_rows)
             if self.training:
                 if loss is not None:
                     self._losses[name].append(loss)
                 for key, value in stats.items():
                     self._stats.setdefault(f"{side}_{key}", []).append(value)
-            out.append(lam * local + (1.0 - lam) * nonlocal_x)  # Eq. 11
-        return (out[0], out[1]), (local_u, local_i)
+            out.append(lam * loc + (1.0 - lam) * nonlocal_x)  # Eq. 11
+        return out[0], out[1]
 
     # --- scores, losses, optimiser groups, logs --------------------------------------------------------------
     def score(self, users: torch.Tensor, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,17 @@ class LightGCN(EmbeddingTables):
             out = out + w * x
         return out[: self.num_users], out[self.num_users:]
 
+    def layer_outputs(self, stacked: bool = False) -> list:
+        # as embed(): the stacked state, split by views (no copy per layer)
+        if self.adjacency is None:
+            raise RuntimeError("LightGCN has no graph: call bind(data) first (the ranking task does this in setup)")
+        x = torch.cat(self.initial())
+        states = [x]
+        for _ in range(self.num_layers):
+            x = self.adjacency @ x
+            states.append(x)
+        return states if stacked else [(x[: self.num_users], x[self.num_users:]) for x in states]
+
     def combine(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.layer_weights or [1.0 / len(layers)] * len(layers)
         users = sum(w * u for w, (u, _) in zip(weights, layers))

@@ -109,6 +109,38 @@ def test_batch_rows_give_the_same_rows_and_gradients_as_all_rows(cluster_every, 
         assert models[1].users[0].last_attention.shape[1] == users.unique().numel()
 
 
+def test_batch_node_clustering_solves_eq8_on_the_batch_rows_only(data):
+    """cluster_nodes="batch": Eq. 8 over the batch's distinct users/items (marginals 1/n) equals ot_kmeans on those
+    rows from the stored centroids; only their potentials are stored and only their embeddings get gradients."""
+    torch.manual_seed(0)
+    model = GOTNet(LightGCN(embedding_dim=8, num_layers=1), num_user_clusters=3, num_item_clusters=4, seed=3,
+                   cluster_nodes="batch", beta=1.0, gamma=1.0)
+    model.bind(data)
+    model.train()
+    users, items = torch.tensor([3, 7, 11, 20, 21, 35, 50]), torch.tensor([0, 2, 5, 9, 17, 33])
+    model.embed(rows=(users, items))  # first batch: centroids drawn from the batch's points
+    side = model.users[0]
+    before_f, before_g, centroids = (side.clustering.f.clone(), side.clustering.g.clone(),
+                                     side.clustering.centroids.clone())
+    model.zero_grad()
+    u, i = model.embed(rows=(users, torch.cat([items, items[:2]])))  # repeated ids count once
+    sum(model.auxiliary_losses().values()).backward()
+    grad = model.backbone.user_embedding.weight.grad
+    outside = torch.ones(60, dtype=torch.bool)
+    outside[users] = False
+    assert grad[users].abs().sum() > 0 and (grad[outside] == 0).all()
+    assert torch.equal(side.clustering.f[:, outside], before_f[:, outside])
+    assert not torch.equal(side.clustering.f[:, users], before_f[:, users])
+    with torch.no_grad():  # the same step by hand
+        points = model.backbone.user_embedding.weight[users] @ side.projection[0].T
+        cost = lambda x, c: (lambda raw: raw / raw.amax())(((x[..., :, None, :] - c[..., None, :, :]) ** 2).sum(-1))
+        ref = ot_kmeans(points[None], 3, eps=0.01, n_iter=1, cost=cost, normalize=None, init=centroids,
+                        potentials=(before_f[:, users], before_g), max_iter=100,
+                        tol=1e-3, check_every=1, grad="envelope", method="scaling")
+    torch.testing.assert_close(side.clustering.centroids, ref.centroids, rtol=1e-4, atol=1e-5)
+    assert torch.equal(u[outside], torch.zeros_like(u[outside]))
+
+
 def test_the_paper_settings_differ_from_the_backbone(data):
     torch.manual_seed(0)
     model = GOTNet(LightGCN(embedding_dim=8, num_layers=2), num_user_clusters=0.1, num_item_clusters=4)
