@@ -294,6 +294,8 @@ class GOTNet(Recommender):
             (the run's ``seed_everything`` under the CLI). Its state is saved in checkpoints (exact resume).
         mix_into_next: False (default) = Eq. 11's mixture enters the readout only; True = it is also the next
             layer's input (see the module docstring).
+        weight_decay: the optimiser's weight decay on GOTNet's own weights (the projections f^h and W of Eqs. 7 and
+            10), which nothing else regularises (BPR's L2 penalty is on the backbone's layer-0 embeddings); 0 = none.
         cluster_nodes: ``all`` (default): Eq. 8 over all N users / M items at every clustering step; ``batch``: over
             the training batch's distinct users / items (a mini-batch k-means step; see :class:`OTSettings`.nodes),
             the setting for large graphs. Needs the training batch's rows (the ranking task passes them) and
@@ -311,7 +313,8 @@ class GOTNet(Recommender):
                  ot_tol: float = 1e-3, block: Optional[int] = None, grad: GradMode = "envelope",
                  init: Literal["kmeans++", "random"] = "random", cluster_every: int = 1,
                  train_lambda: Optional[float] = None, eval_lambda: float = 0.5, seed: Optional[int] = None,
-                 mix_into_next: bool = False, cluster_nodes: Literal["all", "batch"] = "all"):
+                 mix_into_next: bool = False, cluster_nodes: Literal["all", "batch"] = "all",
+                 weight_decay: float = 0.0):
         super().__init__()
         if not isinstance(backbone, Recommender):
             raise TypeError(f"backbone must be a recot.nn.Recommender, got {type(backbone).__name__}")
@@ -332,6 +335,9 @@ class GOTNet(Recommender):
         self.cluster_every, self.train_lambda, self.eval_lambda = cluster_every, train_lambda, eval_lambda
         self.seed = seed
         self.mix_into_next = mix_into_next
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.weight_decay = weight_decay
         self.generator = torch.Generator()
         self.batches = 0  # training forwards so far (cluster_every), checkpointed with the generator
         self.users: Optional[nn.ModuleList] = None
@@ -484,7 +490,7 @@ class GOTNet(Recommender):
     def param_groups(self) -> list[dict]:
         groups = self.backbone.param_groups()
         own = [p for name, p in self.named_parameters() if not name.startswith("backbone.") and p.requires_grad]
-        return groups + [{"params": own}] if own else groups
+        return groups + [{"params": own, "weight_decay": self.weight_decay}] if own else groups
 
     def log_values(self) -> dict[str, float]:
         """Means over the training batches since the last call (the task calls this once per training epoch):

@@ -141,6 +141,28 @@ def test_batch_node_clustering_solves_eq8_on_the_batch_rows_only(data):
     assert torch.equal(u[outside], torch.zeros_like(u[outside]))
 
 
+def test_weight_decay_reaches_only_gotnets_own_weights(data):
+    """weight_decay regularises the projections of Eqs. 7 and 10 (their optimiser group), not the backbone."""
+    norms = []
+    for decay in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = GOTNet(LightGCN(embedding_dim=8, num_layers=2), num_user_clusters=5, num_item_clusters=4, seed=3,
+                       weight_decay=decay)
+        model.bind(data)
+        groups = model.param_groups()
+        assert groups[-1]["weight_decay"] == decay and all("weight_decay" not in g for g in groups[:-1])
+        opt = torch.optim.Adam(groups, lr=0.05)
+        g = torch.Generator().manual_seed(5)
+        model.train()
+        for _ in range(20):
+            users, pos, neg = torch.randint(0, 60, (24,), generator=g), *torch.randint(0, 40, (2, 24), generator=g)
+            opt.zero_grad()
+            bpr(model, users, pos, neg).backward()
+            opt.step()
+        norms.append(sum(m.out.weight.norm() for m in (*model.users, *model.items)).item())
+    assert norms[1] < 0.5 * norms[0]
+
+
 def test_the_paper_settings_differ_from_the_backbone(data):
     torch.manual_seed(0)
     model = GOTNet(LightGCN(embedding_dim=8, num_layers=2), num_user_clusters=0.1, num_item_clusters=4)
