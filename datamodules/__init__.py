@@ -6,10 +6,11 @@ from datamodules.graph_sets import GraphSetDataModule, SyntheticGraphSets
 from datamodules.interactions import InteractionData, InteractionDataModule, TableSpec, load_interactions
 from datamodules.mil import MILDataModule, SyntheticBags
 from datamodules.synthetic import SyntheticSpec
-from datamodules.tu import TUGraphDataModule
+from datamodules.tu import TUGraphDataModule, TUGraphPretrainDataModule
 from datamodules.user_vectors import UserVectorData, UserVectorDataModule, load_user_vectors
 
 __all__ = ["DataFormatError", "InteractionData", "InteractionDataModule", "TableSpec", "SyntheticSpec",
-           "load_interactions", "TUGraphDataModule", "MILDataModule", "SyntheticBags", "GraphSetDataModule",
+           "load_interactions", "TUGraphDataModule", "TUGraphPretrainDataModule", "MILDataModule", "SyntheticBags",
+           "GraphSetDataModule",
            "SyntheticGraphSets", "UserVectorData", "UserVectorDataModule", "load_user_vectors", "GEDDataModule",
            "SyntheticGED", "AlignmentDataModule"]

@@ -151,3 +151,24 @@ class TUGraphDataModule(FoldDataModule):
         # index_select keeps the dataset (and its transform); small data sets are materialised once
         return {k: list(items.index_select(torch.from_numpy(v))) for k, v in
                 (("train", train), ("val", val), ("test", test))}
+
+
+class TUGraphPretrainDataModule(TUGraphDataModule):
+    """Every graph of a TU data set in every split, for unsupervised pre-training evaluated by cross-validation
+    (:class:`recot.tasks.ContrastiveTask`: AD-GCL, then an SVM over the pooled embeddings with its own folds).
+
+    Training batches are shuffled (seeded by ``split_seed``); validation and test batches hold all graphs in file
+    order, labels included (the pre-training never reads them). Arguments as :class:`TUGraphDataModule` without
+    the fold ones.
+    """
+
+    def __init__(self, dataset: str = "mutag", data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
+                 node_features: Literal["auto", "labels", "degree", "constant"] = "auto",
+                 max_degree: Optional[int] = None, split_seed: int = 0, batch_size: int = 32,
+                 eval_batch_size: int = 128):
+        super().__init__(dataset, data_dir, cache_dir, node_features, max_degree, 0, 10, 0.0, split_seed, batch_size,
+                         eval_batch_size)
+
+    def prepare_split(self, items, train, val, test):
+        every = list(items.index_select(torch.arange(len(items))))
+        return {"train": every, "val": every, "test": every}
