@@ -126,3 +126,39 @@ def test_bad_arguments_are_refused_with_the_reason():
         ROTPooling(alpha2=INF)
     with pytest.raises(ValueError, match="built for sets of 2 elements"):
         ROTPooling(q0="param", num_elements=2).dense(torch.rand(1, 3, 4))
+
+
+def test_size_buckets_minimise_padding_plus_overhead():
+    from itertools import combinations
+
+    from recot.nn.aggr.base import size_buckets
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 13, (30,), generator=g) * 3  # 0..36, at most 12 distinct sizes: brute force below
+    sizes = sorted(set(counts.clamp_min(1).tolist()))
+    assert 6 <= len(sizes) <= 12
+    for overhead in (0.0, 10.0, 60.0, 400.0):
+        bucket = size_buckets(counts, overhead)
+        chosen = sum(int((bucket == b).sum()) * int(counts[bucket == b].clamp_min(1).max()) + overhead
+                     for b in bucket.unique())
+        # brute force over the cuts between distinct sizes (every bucket a range of sizes)
+        best = math.inf
+        for k in range(len(sizes)):
+            for cuts in combinations(range(1, len(sizes)), k):
+                edges = [0, *cuts, len(sizes)]
+                cost = 0.0
+                for lo, hi in zip(edges, edges[1:]):
+                    inside = (counts.clamp_min(1) >= sizes[lo]) & (counts.clamp_min(1) <= sizes[hi - 1])
+                    cost += int(inside.sum()) * sizes[hi - 1] + overhead
+                best = min(best, cost)
+        assert chosen == best
+        # buckets are ranges of sizes, numbered by size
+        for b in bucket.unique().tolist()[:-1]:
+            assert counts[bucket == b].max() < counts[bucket == b + 1].min()
+    assert bool((size_buckets(counts, math.inf) == 0).all())
+    assert size_buckets(counts, 0.0).unique().numel() == len(sizes)
+    # a PyG batch pooled with few or many buckets gives the same output
+    layer = ROTPoolingBE().double()
+    x, index = torch.rand(int(counts.sum()), 3, dtype=F64), torch.repeat_interleave(torch.arange(30), counts)
+    out = layer(x, index, dim_size=30)
+    layer.bucket_overhead = 0.0
+    torch.testing.assert_close(layer(x, index, dim_size=30), out)
