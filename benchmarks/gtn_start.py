@@ -87,7 +87,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            trace.append(f"{float(loss.detach().sqrt()):.1f} ({float(pred.mean()):.0f}/{float(y.mean()):.0f})")
+            trace.append(f"{float(loss.detach().sqrt()):.1f} ({float(pred.detach().mean()):.0f}/{float(y.mean()):.0f})")
         print(f"{run}, first {args.steps} Adam steps after the calibrated start: " + ", ".join(trace), flush=True)
 
 
