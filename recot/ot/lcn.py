@@ -8,10 +8,12 @@ the Nyström approximation (:mod:`recot.ot.nystrom`, long-range interactions) wh
 (:mod:`recot.ot.neighbours`, short-range interactions) are replaced by the exact kernel. Every iteration uses one
 low-rank and one sparse product, O(n (l + k)); no ``n x m`` matrix is formed.
 
-The correction :math:`K^{sp} - K^{sp}_{Nys}` is computed once per entry in float64 as a signed log
-(:math:`K^{sp}_{Nys,ij} = \sum_k U_{ik} W_{kj}` by a max-shifted signed sum over the ``l`` landmarks, in blocks of
-entries), so that the small differences of two nearly equal kernels do not vanish in float32. As the paper
-recommends, the landmarks (Nyström) and the clusters (neighbours) are separate clusterings.
+The correction :math:`K^{sp} - K^{sp}_{Nys}` is computed once in float64 and stored as a signed log, so that the
+small differences of two nearly equal kernels do not vanish in float32. With k-means neighbours the pattern is a
+union of dense cluster blocks and :math:`K^{sp}_{Nys}` is one float64 matrix product per block of the max-shifted
+factors (batched GEMMs, :func:`_block_nystrom`); other entries take a max-shifted signed sum over the ``l``
+landmarks per entry (:func:`lcn_correction`). As the paper recommends, the landmarks (Nyström) and the clusters
+(neighbours) are separate clusterings.
 """
 from __future__ import annotations
 
