@@ -25,17 +25,23 @@ class GraphDistanceTask(Task):
         scheduler: optional learning-rate scheduler factory (GTN: StepLR, step 100 epochs, gamma 0.1).
         weight_decay: L2 penalty on the weight matrices (not on biases and 1-d parameters such as the
             deletion-cost scales), as GTN's optimizer.
+        warmup_steps: linear learning-rate warm-up over this many optimizer steps (factor (k + 1) / warmup_steps on
+            the scheduled rate at step k); 0 (default, as GTN) = none. After GTN's calibrated start the first Adam
+            steps at lr 0.01 overshoot (README, GTN section).
     """
 
     monitor = "val/rmse"
     monitor_mode = "min"
 
     def __init__(self, model: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
-                 scheduler: Optional[LRSchedulerCallable] = None, weight_decay: float = 0.0):
+                 scheduler: Optional[LRSchedulerCallable] = None, weight_decay: float = 0.0, warmup_steps: int = 0):
         super().__init__()
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.save_task_hyperparameters()
         self.model = model
         self.optimizer, self.scheduler, self.weight_decay = optimizer, scheduler, weight_decay
+        self.warmup_steps = warmup_steps
         # keys "<stage>_rmse": a ModuleDict key "train" would shadow nn.Module.train
         self.metrics = nn.ModuleDict({f"{s}_rmse": MeanSquaredError(squared=False) for s in ("train", "val", "test")})
 
@@ -70,6 +76,15 @@ class GraphDistanceTask(Task):
         rest = [p for p in self.model.parameters() if p.dim() <= 1]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": rest, "weight_decay": 0.0}]
         return self.build_optimizers(self.optimizer, self.scheduler, groups)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        factor = min(1.0, (self.global_step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:  # the scheduler's rate is restored after the step
+            group["lr"] *= factor
+        optimizer.step(closure=optimizer_closure)
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
 
     # --- steps ---------------------------------------------------------------------------------------------
     def _step(self, batch, stage: str) -> torch.Tensor:

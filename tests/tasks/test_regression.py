@@ -59,3 +59,20 @@ def test_gtn_trains_on_aids30_shrunk(tmp_path, solver):
     out = results(tmp_path / solver)
     assert out["dataset"] == "aids30" and out["epochs"] == 1
     assert 0 < out["test"]["test/rmse"] < 200
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_warmup_scales_the_first_adam_steps(tmp_path, warmup):
+    """Adam's first step moves every parameter with a gradient by about lr; with a warm-up over 4 steps by lr / 4."""
+    from recot.tasks import GraphDistanceTask
+    run_cli("fit", "--config", CONFIGS / "gtn" / "synthetic.yaml", *QUIET, *SMALL_SYNTHETIC, "--run_root", tmp_path,
+            "--name", "w", "--trainer.max_steps", "1", "--model.init_args.warmup_steps", str(warmup),
+            "--model.init_args.weight_decay", "0", "--trainer.limit_val_batches", "0")
+    ckpt = torch.load(tmp_path / "w" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["warmup_steps"] == warmup
+    lin = ckpt["state_dict"]["model.output.weight"]  # 1 head: Linear(1, 1) starts at weight 1
+    step = float((lin - 1).abs().max())
+    expected = 0.01 / (warmup or 1)
+    assert step == pytest.approx(expected, rel=0.05), (step, expected)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        GraphDistanceTask(torch.nn.Linear(1, 1), warmup_steps=-1)
