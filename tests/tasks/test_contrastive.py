@@ -87,7 +87,8 @@ def pretrained(tmp_path_factory):
 
 def test_contrastive_pretraining_through_the_cli(pretrained):
     with open(pretrained / "logs" / "csv" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+        every = list(csv.DictReader(f))
+    rows = [r for r in every if r.get("train/loss")]
     losses = [float(r["train/loss"]) for r in rows]
     assert len(losses) == 3 and losses[-1] < losses[0]  # the encoder's InfoNCE decreases
     drops = [float(r["train/drop_ratio"]) for r in rows]
@@ -95,6 +96,6 @@ def test_contrastive_pretraining_through_the_cli(pretrained):
     out = results(pretrained)
     assert out["task"] == "ContrastiveTask" and out["method"] == "ADGCL"
     # the SVM ran at the last validation (svm_every) and at test, on all 188 graphs, 10 folds
-    assert any(r.get("val/acc") for r in csv.DictReader(open(pretrained / "logs" / "csv" / "metrics.csv")))
+    assert any(r.get("val/acc") for r in every)
     assert out["test"]["test/svm_folds"] == 10
     assert out["test"]["test/acc"] > 0.75  # MUTAG's majority class is 66.5 %
