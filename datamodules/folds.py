@@ -114,8 +114,11 @@ class FoldDataModule(ShuffleState, L.LightningDataModule):
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
         rank_zero_info(f"[recot] {self.name}: {labels.size} sets, {self.num_classes} classes, {self.num_features} "
-                       f"features; fold {self.fold}/{self.num_folds}: {train.size} train / {val.size} val / "
-                       f"{test.size} test")
+                       f"features; {self.split_summary(train, val, test)}")
+
+    def split_summary(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> str:
+        """The split part of the set-up log line."""
+        return f"fold {self.fold}/{self.num_folds}: {train.size} train / {val.size} val / {test.size} test"
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["train"], batch_size=self.batch_size, shuffle=True, generator=self.generator)

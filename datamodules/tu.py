@@ -172,3 +172,7 @@ class TUGraphPretrainDataModule(TUGraphDataModule):
     def prepare_split(self, items, train, val, test):
         every = list(items.index_select(torch.arange(len(items))))
         return {"train": every, "val": every, "test": every}
+
+    def split_summary(self, train, val, test) -> str:
+        return (f"every split holds all {len(self.splits['train'])} graphs (pre-training; the SVM evaluation makes its "
+                f"own folds)")
