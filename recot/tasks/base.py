@@ -61,6 +61,31 @@ class Task(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": config}
 
 
+class SizedTask(Task):
+    """A task whose model is built from the data module's ``num_features`` and ``num_classes`` in ``setup``; the two
+    sizes go into checkpoints, so that loading one builds the layers at the right size before the weights arrive."""
+
+    data_requirement = "a data module with num_features and num_classes"
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "num_classes"):
+            raise RuntimeError(f"{type(self).__name__} needs {self.data_requirement}")
+        self._build(datamodule.num_features, datamodule.num_classes)
+
+    def _build(self, num_features: int, num_classes: int) -> None:
+        self.model.build(num_features, num_classes)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        num_features, num_classes = self.model.sizes
+        checkpoint["recot_sizes"] = {"num_features": num_features, "num_classes": num_classes}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        sizes = checkpoint.get("recot_sizes")
+        if sizes is not None:
+            self._build(sizes["num_features"], sizes["num_classes"])
+
+
 class UserItemTask(Task):
     """A task whose ``self.model`` is built for ``num_users x num_items`` (``build``): the sizes travel in the
     checkpoint, so ``load_from_checkpoint`` (``recot test --ckpt_path``) creates the tables at the right size before

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +11,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from recot.tasks.base import LRSchedulerCallable, OptimizerCallable, Task
+from recot.tasks.base import LRSchedulerCallable, OptimizerCallable, SizedTask
 
 
-class ClassificationTask(Task):
+class ClassificationTask(SizedTask):
     """Train a set/graph classifier (:mod:`recot.nn.classifiers`) with cross-entropy; report accuracy.
 
     The model is built for the data's sizes in ``setup`` from the data module's ``num_features`` and
@@ -40,29 +40,15 @@ class ClassificationTask(Task):
         self.optimizer, self.scheduler, self.label_smoothing = optimizer, scheduler, label_smoothing
         self.metrics: Optional[nn.ModuleDict] = None
 
-    # --- data-dependent construction -----------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "num_classes"):
-            raise RuntimeError("ClassificationTask needs a data module with num_features and num_classes "
-                               "(datamodules.TUGraphDataModule, MILDataModule or GraphSetDataModule)")
-        self._build(datamodule.num_features, datamodule.num_classes)
+    # --- data-dependent construction (SizedTask: setup and checkpoints) ---------------------------------------
+    data_requirement = ("a data module with num_features and num_classes (datamodules.TUGraphDataModule, "
+                        "MILDataModule or GraphSetDataModule)")
 
     def _build(self, num_features: int, num_classes: int) -> None:
         self.model.build(num_features, num_classes)
         if self.metrics is None:
             self.metrics = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in ("val", "test")})
             self.metrics.to(self.device)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        num_features, num_classes = self.model.sizes
-        checkpoint["recot_sizes"] = {"num_features": num_features, "num_classes": num_classes}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # load_from_checkpoint builds the module before loading the weights: create the layers at the right size
-        sizes = checkpoint.get("recot_sizes")
-        if sizes is not None:
-            self._build(sizes["num_features"], sizes["num_classes"])
 
     def configure_optimizers(self):
         return self.build_optimizers(self.optimizer, self.scheduler, [{"params": list(self.model.parameters())}])

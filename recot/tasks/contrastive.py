@@ -1,16 +1,16 @@
 """Unsupervised graph representation learning (AD-GCL) evaluated by a linear SVM: the ROT pooling paper's protocol."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from recot.svm import C_GRID, svm_cross_val
-from recot.tasks.base import OptimizerCallable, Task
+from recot.tasks.base import OptimizerCallable, SizedTask
 
 
-class ContrastiveTask(Task):
+class ContrastiveTask(SizedTask):
     """Pre-train :class:`recot.nn.contrastive.ADGCL` without labels, then score its embeddings with an SVM.
 
     Each training batch takes two steps (AD-GCL, Suresh et al. 2021, Alg. 1): the augmenter's (the encoder in eval
@@ -50,22 +50,9 @@ class ContrastiveTask(Task):
         self._embeddings: dict[str, list] = {}
         self.last_svm: Optional[dict] = None
 
-    # --- data-dependent construction (as ClassificationTask) -----------------------------------------------
-    def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "num_classes"):
-            raise RuntimeError("ContrastiveTask needs a graph data module with num_features and num_classes "
-                               "(datamodules.TUGraphPretrainDataModule)")
-        self.model.build(datamodule.num_features, datamodule.num_classes)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        num_features, num_classes = self.model.sizes
-        checkpoint["recot_sizes"] = {"num_features": num_features, "num_classes": num_classes}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        sizes = checkpoint.get("recot_sizes")
-        if sizes is not None:
-            self.model.build(sizes["num_features"], sizes["num_classes"])
+    # --- data-dependent construction (SizedTask: setup and checkpoints) ---------------------------------------
+    data_requirement = ("a graph data module with num_features and num_classes "
+                        "(datamodules.TUGraphPretrainDataModule)")
 
     def configure_optimizers(self):
         m = self.model
