@@ -203,6 +203,11 @@ class OTClustering(nn.Module):
         return km.centroids, loss, stats
 
 
+def _rows(x: torch.Tensor, rows: torch.Tensor, x_rows: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x[rows]``, unless the caller already gathered it as ``x_rows``."""
+    return take_rows(x, rows) if x_rows is None else x_rows
+
+
 class NonLocalAttention(nn.Module):
     """Eqs. 7-10 for one layer and one side: ``(N, d_in) -> (N, d_out)`` cluster-aware representations.
 
@@ -244,11 +249,10 @@ class NonLocalAttention(nn.Module):
         ``nodes="batch"`` in training these rows only.
         """
         weight = self.projection.transpose(-1, -2)
-        if rows is not None and x_rows is None:
-            x_rows = take_rows(x, rows)
         clustering = (self.training and cluster) or not bool(self.clustering.ready)
         if clustering and self.training and rows is not None and self.clustering.settings.nodes == "batch":
-            points = torch.matmul(x_rows.unsqueeze(0), weight)  # (H, n, d_in): f^h(e) of the batch's rows
+            # (H, n, d_in): f^h(e) of the batch's rows
+            points = torch.matmul(_rows(x, rows, x_rows).unsqueeze(0), weight)
             centroids, loss, stats = self.clustering(points, generator, update=True, ids=rows)
             loss = loss.sum()
         elif clustering:
@@ -259,7 +263,7 @@ class NonLocalAttention(nn.Module):
                 points = points.index_select(1, rows)
         else:
             centroids, loss, stats = self.clustering.centroids.to(x, copy=True), None, {}
-            points = torch.matmul((x if rows is None else x_rows).unsqueeze(0), weight)
+            points = torch.matmul((x if rows is None else _rows(x, rows, x_rows)).unsqueeze(0), weight)
         attention = self.attend(points, centroids)
         self.last_attention = attention.detach()
         mixed = attention @ centroids  # (H, n, d_in): e'^(h)
@@ -330,8 +334,8 @@ class GOTNet(Recommender):
         self.trainable = backbone.trainable
         self.num_user_clusters, self.num_item_clusters = num_user_clusters, num_item_clusters
         self.heads, self.beta, self.gamma = heads, beta, gamma
-        self.settings = OTSettings(eps=eps, solver=solver, method=ot_method, iters=ot_iters, tol=ot_tol, block=block, grad=grad,
-                                   init=init, nodes=cluster_nodes)
+        self.settings = OTSettings(eps=eps, solver=solver, method=ot_method, iters=ot_iters, tol=ot_tol, block=block,
+                                   grad=grad, init=init, nodes=cluster_nodes)
         self.cluster_every, self.train_lambda, self.eval_lambda = cluster_every, train_lambda, eval_lambda
         self.seed = seed
         self.mix_into_next = mix_into_next

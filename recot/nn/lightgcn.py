@@ -46,18 +46,12 @@ class LightGCN(EmbeddingTables):
     def embed(self, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         # Same result as the generic layer loop (initial/propagate/combine), kept on the stacked (U + I, d) state:
         # one concatenation and one split instead of one per layer (the loop is memory-bound on large graphs).
-        if self.adjacency is None:
-            raise RuntimeError("LightGCN has no graph: call bind(data) first (the ranking task does this in setup)")
-        x = torch.cat(self.initial())
         weights = self.layer_weights or [1.0 / (self.num_layers + 1)] * (self.num_layers + 1)
-        out = x * weights[0]
-        for w in weights[1:]:
-            x = self.adjacency @ x
-            out = out + w * x
+        out = sum(w * x for w, x in zip(weights, self.layer_outputs(stacked=True)))
         return out[: self.num_users], out[self.num_users:]
 
     def layer_outputs(self, stacked: bool = False) -> list:
-        # as embed(): the stacked state, split by views (no copy per layer)
+        # the stacked (U + I, d) state, split by views (no copy per layer)
         if self.adjacency is None:
             raise RuntimeError("LightGCN has no graph: call bind(data) first (the ranking task does this in setup)")
         x = torch.cat(self.initial())

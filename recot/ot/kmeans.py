@@ -81,7 +81,7 @@ def _init_centroids(x: Tensor, k: int, mask: Optional[Tensor], how: str, generat
     return xs[rows[:, None], idx].reshape(*batch, k, x.shape[-1])
 
 
-def _entropy(res: OTResult, cost: Tensor, eps: float) -> Tensor:
+def _entropy(res: OTResult, eps: float) -> Tensor:
     r""":math:`\sum P(\log P - 1)` of the last plan. A plan without gradient (``grad="envelope"``) is
     :math:`\exp((f \oplus g - C)/\varepsilon)`, so :math:`\sum P\log P = (\langle f, P\mathbf 1\rangle +
     \langle g, P^\top\mathbf 1\rangle - \langle C, P\rangle)/\varepsilon`: two sums instead of a log per entry."""
@@ -170,5 +170,5 @@ def ot_kmeans(
         plan = res.plan
         mass = plan.sum(-2)
         centroids = (plan.transpose(-1, -2) @ x) / mass.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
-    loss = res.value + eps * _entropy(res, c, eps)
+    loss = res.value + eps * _entropy(res, eps)
     return KMeansResult(plan=res.plan, centroids=centroids, loss=loss, cost=c, ot=res, n_iter=n_iter)

@@ -140,6 +140,14 @@ def _potential_change(state, prev):
     return (state[0] - prev[0]).abs().sum(-1) + (state[1] - prev[1]).abs().sum(-1), state
 
 
+def _dual_terms(log_a: Tensor, log_b: Tensor, reg_m, reg_type: str, eps: float):
+    """``tau_a, tau_b, ca, cb`` of the half-steps (module docstring) at entropic weight ``eps``."""
+    tau_a, tau_b = _tau(reg_m[0], eps), _tau(reg_m[1], eps)
+    ca = log_a if reg_type == "kl" or tau_a == 1.0 else tau_a * log_a
+    cb = log_b if reg_type == "kl" or tau_b == 1.0 else tau_b * log_b
+    return tau_a, tau_b, ca, cb
+
+
 def _solve_potentials(prob: Problem, *, eps, reg_m, reg_type, max_iter, tol, eps_scaling, check_every, stage_iter, init):
     """Run the (annealed) iterations under the caller's grad mode; returns ``f, g, n_iter, err``."""
     rho_a, rho_b = reg_m
@@ -155,9 +163,7 @@ def _solve_potentials(prob: Problem, *, eps, reg_m, reg_type, max_iter, tol, eps
             phi, gamma = phi * (schedule[k - 1] / e), gamma * (schedule[k - 1] / e)
         final = k == len(schedule) - 1
         logk = log_kernel(prob.cost, e, prob.mask2d)
-        tau_a, tau_b = _tau(rho_a, e), _tau(rho_b, e)
-        ca = log_a if reg_type == "kl" or tau_a == 1.0 else tau_a * log_a
-        cb = log_b if reg_type == "kl" or tau_b == 1.0 else tau_b * log_b
+        tau_a, tau_b, ca, cb = _dual_terms(log_a, log_b, reg_m, reg_type, e)
         step = partial(
             _sinkhorn_step, logk=logk, ca=ca, cb=cb, tau_a=tau_a, tau_b=tau_b, mask_a=prob.mask_a, mask_b=prob.mask_b
         )
@@ -201,9 +207,7 @@ def _solve_scaling(prob: Problem, *, eps, reg_m, reg_type, max_iter, tol, check_
     rho_a, rho_b = reg_m
     balanced = math.isinf(rho_a) and math.isinf(rho_b)
     log_a, log_b = masked_log(prob.a, prob.mask_a), masked_log(prob.b, prob.mask_b)
-    tau_a, tau_b = _tau(rho_a, eps), _tau(rho_b, eps)
-    ca = log_a if reg_type == "kl" or tau_a == 1.0 else tau_a * log_a
-    cb = log_b if reg_type == "kl" or tau_b == 1.0 else tau_b * log_b
+    tau_a, tau_b, ca, cb = _dual_terms(log_a, log_b, reg_m, reg_type, eps)
     logk = log_kernel(prob.cost, eps, prob.mask2d)
     log_step = partial(_sinkhorn_step, logk=logk, ca=ca, cb=cb, tau_a=tau_a, tau_b=tau_b, mask_a=prob.mask_a,
                        mask_b=prob.mask_b)
@@ -217,21 +221,22 @@ def _solve_scaling(prob: Problem, *, eps, reg_m, reg_type, max_iter, tol, check_
             n += 1
         t = logk + phi[..., :, None] + gamma[..., None, :]
         kt = clamped_exp(t) if torch.is_grad_enabled() else clamped_exp_(t)  # grad="unroll" differentiates this
-        lu, lv = torch.zeros_like(phi), torch.zeros_like(gamma)
+        lu, lv, kv = torch.zeros_like(phi), torch.zeros_like(gamma), None
         recentre = True
         while n < max_iter:
-            kv = _real(torch.matmul(kt, lv.exp().unsqueeze(-1)).squeeze(-1), prob.mask_a)
+            if kv is None:
+                kv = _real(torch.matmul(kt, lv.exp().unsqueeze(-1)).squeeze(-1), prob.mask_a)
             new_u = masked_update(ca - tau_a * (kv.log() - phi) - phi, lu, prob.mask_a, None)
             ktu = _real(torch.matmul(new_u.exp().unsqueeze(-2), kt).squeeze(-2), prob.mask_b)
             new_v = masked_update(cb - tau_b * (ktu.log() - gamma) - gamma, lv, prob.mask_b, None)
             if not (bool(torch.isfinite(new_u).all()) and bool(torch.isfinite(new_v).all())):
                 break  # an underflowed row/column: absorb what is good and re-centre in the log domain
-            prev_u, prev_v, lu, lv = lu, lv, new_u, new_v
+            prev_u, prev_v, lu, lv, kv = lu, lv, new_u, new_v, None
             n += 1
             if n == max_iter or (tol > 0 and n % check_every == 0):
-                if balanced:
-                    rows = lu.exp() * torch.matmul(kt, lv.exp().unsqueeze(-1)).squeeze(-1)
-                    d = (rows - prob.a).abs()
+                if balanced:  # the row sums need K v, which the next iteration reuses
+                    kv = _real(torch.matmul(kt, lv.exp().unsqueeze(-1)).squeeze(-1), prob.mask_a)
+                    d = (lu.exp() * kv - prob.a).abs()
                     err = (d if prob.mask_a is None else d.masked_fill(~prob.mask_a, 0)).sum(-1)
                 else:
                     err = (lu - prev_u).abs().sum(-1) + (lv - prev_v).abs().sum(-1)
