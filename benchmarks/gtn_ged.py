@@ -41,6 +41,10 @@ RUNS = {
     "pref_att_200-nystrom": ("configs/gtn/pref_att_200-nystrom.yaml", 2.4e-2),
     "pref_att_200-sparse": ("configs/gtn/pref_att_200-sparse.yaml", 7.6e-2),
     "pref_att_200-lcn": ("configs/gtn/pref_att_200-lcn.yaml", 1.4e-2),
+    # the official GTN's Euclidean node cost (Laplacian kernel for Nyström / LCN)
+    "pref_att_200-nystrom-euclidean": ("configs/gtn/pref_att_200-nystrom-euclidean.yaml", 2.4e-2),
+    "pref_att_200-sparse-euclidean": ("configs/gtn/pref_att_200-sparse-euclidean.yaml", 7.6e-2),
+    "pref_att_200-lcn-euclidean": ("configs/gtn/pref_att_200-lcn-euclidean.yaml", 1.4e-2),
 }
 
 

@@ -33,7 +33,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import degree, to_dense_batch
 
 from recot.ot.bp import BP_SOLVERS, bp_sinkhorn
-from recot.ot.cost import sq_euclidean
+from recot.ot.cost import POINT_COSTS, pairwise_cost
 from recot.ot.neighbours import lsh_projections
 from recot.ot.sinkhorn import sinkhorn
 
@@ -120,8 +120,9 @@ class GTN(nn.Module):
         sinkhorn_reg: :math:`\lambda`, the regularisation relative to the mean per-node distance.
         unbalanced: ``"bp"`` (BP matrix, learnable deletion costs), ``"kl"`` (KL-relaxed marginals with
             :math:`\rho = \text{marginal\_reg}\cdot\varepsilon`) or ``"balanced"`` (mass spread uniformly).
-        solver: ``"full"``, ``"sparse"``, ``"nystrom"``, ``"lcn"`` (the latter three with ``unbalanced="bp"``;
-            Nyström and LCN with ``cost="sq_euclidean"``). cost: ``"euclidean"`` or ``"sq_euclidean"``.
+        solver: ``"full"``, ``"sparse"``, ``"nystrom"``, ``"lcn"`` (the latter three with ``unbalanced="bp"``).
+        cost: ``"euclidean"`` (the official GTN's; Laplacian kernel for Nyström / LCN) or ``"sq_euclidean"``
+            (Gaussian kernel).
         dense_bp: full solver on the dense ``(n + m)^2`` BP matrix by :func:`recot.ot.sinkhorn` (GTN's ``full_bp``)
             instead of the structured BP kernel (same problem, several times faster on a CPU).
         max_iter, tol, grad: Sinkhorn iterations (GTN: a fixed number, ``tol=0``), gradient mode
@@ -155,8 +156,8 @@ class GTN(nn.Module):
             raise ValueError(f"solver must be one of {BP_SOLVERS}, got {solver!r}")
         if solver != "full" and unbalanced != "bp":
             raise ValueError(f"solver={solver!r} is implemented for the BP matrix: set unbalanced='bp'")
-        if solver in ("nystrom", "lcn") and cost != "sq_euclidean":
-            raise ValueError(f"solver={solver!r} approximates the Gaussian kernel: set cost='sq_euclidean'")
+        if cost not in POINT_COSTS:
+            raise ValueError(f"cost must be one of {POINT_COSTS}, got {cost!r}")
         self.emb_size, self.num_layers, self.act, self.deg_norm_hidden = emb_size, num_layers, act, deg_norm_hidden
         self.num_heads, self.head_reg_basis, self.sinkhorn_reg = num_heads, head_reg_basis, sinkhorn_reg
         self.unbalanced, self.marginal_reg, self.solver, self.cost = unbalanced, marginal_reg, solver, cost
@@ -303,9 +304,7 @@ class GTN(nn.Module):
 
     def _plain_ot(self, x, y, mx, my, n, m, eps) -> Tensor:
         """The ablations: KL-relaxed (unit mass per node) or balanced (mass max(n, m) on both sides) OT."""
-        c = sq_euclidean(x, y)
-        if self.cost == "euclidean":
-            c = (c + 1e-12).sqrt()
+        c = pairwise_cost(x, y, self.cost)
         if self.unbalanced == "kl":
             a, b, reg_m = mx.to(x.dtype), my.to(x.dtype), self.marginal_reg
         else:

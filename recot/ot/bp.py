@@ -31,12 +31,12 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .factored import (FactoredKernel, SparsePattern, factored_sinkhorn, neg, pair_sq_dists,
+from .cost import pairwise_cost
+from .factored import (FactoredKernel, SparsePattern, check_point_cost, factored_sinkhorn, neg, pair_costs,
                        sq_euclidean_factors)
 from .lcn import lcn_correction
 from .neighbours import neighbour_pattern
 from .nystrom import landmarks_of, nystrom_factors
-from .cost import sq_euclidean
 from .result import OTResult
 from .sinkhorn import sinkhorn
 
@@ -61,18 +61,6 @@ def bp_cost_matrix(cost: Tensor, del_cost: Tensor, ins_cost: Tensor, big: Union[
     top = torch.cat([cost, upper], -1)
     bottom = torch.cat([lower, torch.zeros(B, m, n, dtype=cost.dtype, device=cost.device)], -1)
     return torch.cat([top, bottom], -2)
-
-
-def _pair_cost(x: Tensor, y: Tensor, cost: str) -> Tensor:
-    c = sq_euclidean(x, y)
-    if cost == "euclidean":
-        return (c + 1e-12).sqrt()  # finite gradient (0) at coinciding points
-    return c
-
-
-def _entry_cost(x: Tensor, y: Tensor, pattern: SparsePattern, cost: str) -> Tensor:
-    c = pair_sq_dists(x, y, pattern)
-    return (c + 1e-12).sqrt() if cost == "euclidean" else c
 
 
 def bp_sinkhorn(
@@ -107,7 +95,7 @@ def bp_sinkhorn(
         eps: regularisation, a float or one per problem ``(B,)`` (GTN scales it with the graph sizes).
         mask_a, mask_b: bool ``(B, n)``, ``(B, m)``, True = real node; padded nodes take no part.
         solver: ``"full"`` (the exact kernel), ``"sparse"`` (exact kernel on neighbour pairs), ``"nystrom"`` or
-            ``"lcn"`` (need ``cost="sq_euclidean"``).
+            ``"lcn"`` (low-rank approximations of the Gaussian or, with ``cost="euclidean"``, Laplacian kernel).
         dense_bp: with ``solver="full"``: solve the dense ``(n + m) x (m + n)`` matrix with :func:`recot.ot.sinkhorn`
             (GTN's ``full_bp``; any ``grad`` incl. ``"implicit"``). Otherwise the structured BP kernel (exact node
             block as a sparse block of all pairs, the diagonals, one rank for the zero block, as GTN's
@@ -127,10 +115,7 @@ def bp_sinkhorn(
     """
     if solver not in BP_SOLVERS:
         raise ValueError(f"solver must be one of {BP_SOLVERS}, got {solver!r}")
-    if cost not in ("sq_euclidean", "euclidean"):
-        raise ValueError(f"cost must be 'sq_euclidean' or 'euclidean', got {cost!r}")
-    if solver in ("nystrom", "lcn") and cost != "sq_euclidean":
-        raise ValueError(f"solver={solver!r} approximates the Gaussian kernel: it needs cost='sq_euclidean'")
+    check_point_cost(cost)
     B, n, d = x.shape
     m = y.shape[1]
     dev = x.device
@@ -144,7 +129,7 @@ def bp_sinkhorn(
     rows, cols = torch.cat([ma, mb], 1), torch.cat([mb, ma], 1)
     weights_r, weights_c = rows.to(x.dtype), cols.to(x.dtype)
     if solver == "full" and dense_bp:
-        c = _pair_cost(x, y, cost)
+        c = pairwise_cost(x, y, cost)
         real = (ma[..., :, None] & mb[..., None, :])
         scale = torch.maximum(c.detach().masked_fill(~real, 0).amax((-2, -1)),
                               torch.maximum(del_cost.detach().amax(-1), ins_cost.detach().amax(-1)))
@@ -158,11 +143,12 @@ def bp_sinkhorn(
     if grad not in ("unroll", "envelope"):
         raise ValueError(f"the factored BP solvers support grad 'unroll' or 'envelope', got {grad!r}")
     # center the node embeddings of each pair (the node cost is translation invariant; the deletion costs, which
-    # are not, come in precomputed); the low-rank factors see the points scaled by 1/sqrt(eps): kernel eps = 1
+    # are not, come in precomputed); the low-rank factors see the points scaled so that cost(x / root, y / root)
+    # = cost(x, y) / eps (root = sqrt(eps) for the squared cost, eps for the Euclidean one): kernel eps = 1
     w = torch.cat([ma, mb], 1)[..., None].to(x.dtype)
     center = ((torch.cat([x, y], 1) * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)).detach()
     xc, yc = (x - center) * ma[..., None], (y - center) * mb[..., None]
-    root = eps_b.sqrt()[:, None, None]
+    root = (eps_b if cost == "euclidean" else eps_b.sqrt())[:, None, None]
     with torch.no_grad():
         xd, yd = (xc / root).detach(), (yc / root).detach()
         pattern = z = None
@@ -174,10 +160,11 @@ def bp_sinkhorn(
             pattern = neighbour_pattern(xd, yd, method="all", mask_x=ma, mask_y=mb)
         if solver in ("nystrom", "lcn"):
             z = landmarks_of(xd, yd, landmarks, ma, mb, kmeans_iter=kmeans_iter, init=cluster_init)
-    node_cost = None if pattern is None else _entry_cost(xc, yc, pattern, cost)  # live: the value's gradient
+    node_cost = None if pattern is None else pair_costs(xc, yc, pattern, cost)  # live: the value's gradient
 
     def run(xc, yc, node_cost, del_cost, ins_cost):
-        kernel, order = _bp_kernel(xc / root, yc / root, node_cost, del_cost, ins_cost, eps_b, ma, mb, z, pattern)
+        kernel, order = _bp_kernel(xc / root, yc / root, node_cost, del_cost, ins_cost, eps_b, ma, mb, z, pattern,
+                                   cost)
         return factored_sinkhorn(kernel, weights_r, weights_c, mask_a=rows, mask_b=cols, max_iter=max_iter, tol=tol,
                                  absorb_threshold=absorb_threshold), order
 
@@ -188,26 +175,30 @@ def bp_sinkhorn(
             d = lambda t: None if t is None else t.detach()  # noqa: E731
             (plan, phi, gamma, n_iter, err, *_), order = run(xc.detach(), yc.detach(), d(node_cost),
                                                              del_cost.detach(), ins_cost.detach())
-    factors = None
-    if z is not None:  # the low-rank part of the plan sees the squared Euclidean cost through its factors
+    factors = lowrank = None
+    if z is not None and cost == "sq_euclidean":  # the plan sees the squared cost through its factors
         fx, fy = sq_euclidean_factors(xc, yc)
         fx = torch.cat([fx, fx.new_zeros(B, m, fx.shape[-1])], 1)  # epsilon rows/columns: no node cost
         fy = torch.cat([fy, fy.new_zeros(B, n, fy.shape[-1])], 1)
         factors = (fx, fy)
+    elif z is not None:  # Euclidean: the node block of the low-rank plan, exact and chunked (lowrank_point_cost)
+        lowrank = (xc, yc, cost)
     # per sparse entry: the node cost (unless the factors carry it), c_del / c_ins on the diagonals
-    node_extra = x.new_zeros(0) if pattern is None else (node_cost if z is None else torch.zeros_like(node_cost))
+    node_extra = x.new_zeros(0) if pattern is None else (
+        torch.zeros_like(node_cost) if factors is not None else node_cost)
     extra = torch.cat([node_extra, del_cost[ma], ins_cost[mb]])[order]
-    value = plan.cost(factors, extra)
+    value = plan.cost(factors, extra, lowrank)
     return OTResult(plan=plan, value=value, f=phi * eps_b[:, None], g=gamma * eps_b[:, None], n_iter=n_iter,
                     err=err, converged=err <= tol)
 
 
 def _bp_kernel(xs: Tensor, ys: Tensor, node_cost: Optional[Tensor], del_cost: Tensor, ins_cost: Tensor,
-               eps_b: Tensor, ma: Tensor, mb: Tensor, z: Optional[Tensor], pattern: Optional[SparsePattern]
-               ) -> Tuple[FactoredKernel, Tensor]:
+               eps_b: Tensor, ma: Tensor, mb: Tensor, z: Optional[Tensor], pattern: Optional[SparsePattern],
+               cost: str = "sq_euclidean") -> Tuple[FactoredKernel, Tensor]:
     """The factored BP kernel (real nodes only) and the CSR order of its sparse entries, listed as node-block entries,
-    then deletions (real nodes of ``x``), then insertions (real nodes of ``y``). ``xs, ys``: points scaled by
-    ``1/sqrt(eps)`` (Nyström factors with kernel eps 1); ``node_cost`` on ``pattern``'s entries, unscaled."""
+    then deletions (real nodes of ``x``), then insertions (real nodes of ``y``). ``xs, ys``: points scaled so that
+    ``cost(xs, ys) = cost(x, y) / eps`` (Nyström factors with kernel eps 1); ``node_cost`` on ``pattern``'s
+    entries, unscaled."""
     B, n, _ = xs.shape
     m = ys.shape[1]
     N, M = n + m, m + n
@@ -215,7 +206,7 @@ def _bp_kernel(xs: Tensor, ys: Tensor, node_cost: Optional[Tensor], del_cost: Te
     lo = neg(dt)
     # low rank: the node block (Nystrom/LCN) plus one rank for the zero-cost epsilon-epsilon block
     if z is not None:
-        log_u, log_w, sign_w = nystrom_factors(xs, ys, z, 1.0)
+        log_u, log_w, sign_w = nystrom_factors(xs, ys, z, 1.0, cost=cost)
     else:
         log_u = xs.new_zeros(B, n, 0)
         log_w, sign_w = xs.new_zeros(B, 0, m), xs.new_zeros(B, 0, m)

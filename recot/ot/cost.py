@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cosine_cost", "cost_scale", "dot_cost", "normalize_cost", "pairwise_cost", "sq_euclidean"]
+__all__ = ["POINT_COSTS", "cosine_cost", "cost_scale", "dot_cost", "euclidean", "normalize_cost", "pairwise_cost",
+           "sq_euclidean", "sq_to_cost"]
+
+# the point costs of the scalable solvers (recot.ot.sparse / nystrom / lcn / bp): kernel exp(-C/eps) is Gaussian
+# for "sq_euclidean" and Laplacian for "euclidean"
+POINT_COSTS = ("sq_euclidean", "euclidean")
+
+_SMOOTH = 1e-12  # sqrt(d^2 + 1e-12): a finite gradient (0) where two points coincide
 
 
 def sq_euclidean(x: Tensor, y: Tensor) -> Tensor:
@@ -27,6 +34,21 @@ def sq_euclidean(x: Tensor, y: Tensor) -> Tensor:
     return (xx + yy - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
 
 
+def sq_to_cost(sq: Tensor, cost: str = "sq_euclidean") -> Tensor:
+    r"""The point cost from squared distances: ``"sq_euclidean"`` :math:`d^2` (unchanged) or ``"euclidean"``
+    :math:`\sqrt{d^2 + 10^{-12}}` (smoothed so that coinciding points get gradient 0, not NaN). Any shape."""
+    if cost == "sq_euclidean":
+        return sq
+    if cost == "euclidean":
+        return (sq + _SMOOTH).sqrt()
+    raise ValueError(f"cost must be one of {POINT_COSTS}, got {cost!r}")
+
+
+def euclidean(x: Tensor, y: Tensor) -> Tensor:
+    r"""Euclidean cost :math:`C_{ij} = \|x_i - y_j\|_2` (smoothed at 0, :func:`sq_to_cost`)."""
+    return sq_to_cost(sq_euclidean(x, y), "euclidean")
+
+
 def cosine_cost(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
     r"""Cosine cost :math:`C_{ij} = 1 - S_{ij}`, :math:`S_{ij} = \cos(x_i, y_j) \in [-1, 1]` (SinkhornCF)."""
     return 1 - F.normalize(x, dim=-1, eps=eps) @ F.normalize(y, dim=-1, eps=eps).transpose(-1, -2)
@@ -39,6 +61,7 @@ def dot_cost(x: Tensor, y: Tensor) -> Tensor:
 
 _COSTS = {
     "sq_euclidean": sq_euclidean,
+    "euclidean": euclidean,
     "half_sq_euclidean": lambda x, y: 0.5 * sq_euclidean(x, y),
     "cosine": cosine_cost,
     "dot": dot_cost,
@@ -48,7 +71,7 @@ CostFn = Union[str, Callable[[Tensor, Tensor], Tensor]]
 
 
 def pairwise_cost(x: Tensor, y: Tensor, cost: CostFn = "sq_euclidean") -> Tensor:
-    """Cost by name (``"sq_euclidean"``, ``"half_sq_euclidean"`` = GeomLoss' ``p=2``, ``"cosine"``,
+    """Cost by name (``"sq_euclidean"``, ``"euclidean"``, ``"half_sq_euclidean"`` = GeomLoss' ``p=2``, ``"cosine"``,
     ``"dot"``) or by a callable ``cost(x, y) -> (*batch, n, m)``."""
     if callable(cost):
         return cost(x, y)

@@ -14,6 +14,10 @@ union of dense cluster blocks and :math:`K^{sp}_{Nys}` is one float64 matrix pro
 factors (batched GEMMs, :func:`_block_nystrom`); other entries take a max-shifted signed sum over the ``l``
 landmarks per entry (:func:`lcn_correction`). As the paper recommends, the landmarks (Nyström) and the clusters
 (neighbours) are separate clusterings.
+
+The kernel is :math:`e^{-C/\varepsilon}` with :math:`C = \|x - y\|^2` (Gaussian, ``cost="sq_euclidean"``) or
+:math:`\|x - y\|` (Laplacian, ``"euclidean"``, the official GTN's); the correction does not depend on the cost (it
+takes the log-factors and the exact log-kernel on the pattern), so both paths serve both kernels.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .factored import FactoredKernel, SparsePattern, nan_to_neg, pair_sq_dists, signed_log, solve_points
+from .factored import (FactoredKernel, SparsePattern, check_point_cost, nan_to_neg, pair_costs, signed_log,
+                       solve_points)
 from .utils import neg
 from .neighbours import neighbour_pattern
 from .nystrom import landmarks_of, nystrom_factors
@@ -197,11 +202,12 @@ def _block_nystrom(u_hat: Tensor, w_hat: Tensor, pattern: SparsePattern, max_blo
     return torch.where(flat >= 0, buffer[flat.clamp_min(0)], 0.0)
 
 
-def lcn_kernel(x: Tensor, y: Tensor, z: Tensor, pattern: SparsePattern, eps: float, rcond: float = 1e-10
-               ) -> FactoredKernel:
-    r""":math:`K_{LCN}` of ``x: (B, n, d)``, ``y: (B, m, d)``, landmarks ``z: (B, l, d)``, neighbours ``pattern``."""
-    log_u, log_w, sign_w = nystrom_factors(x, y, z, eps, rcond)
-    log_k = pair_sq_dists(x, y, pattern) / (-eps)
+def lcn_kernel(x: Tensor, y: Tensor, z: Tensor, pattern: SparsePattern, eps: float, rcond: float = 1e-10,
+               cost: str = "sq_euclidean") -> FactoredKernel:
+    r""":math:`K_{LCN}` of ``x: (B, n, d)``, ``y: (B, m, d)``, landmarks ``z: (B, l, d)``, neighbours ``pattern``,
+    for the kernel :math:`e^{-C/\varepsilon}` of ``cost`` (:data:`recot.ot.cost.POINT_COSTS`)."""
+    log_u, log_w, sign_w = nystrom_factors(x, y, z, eps, rcond, cost)
+    log_k = pair_costs(x, y, pattern, cost) / (-eps)
     log_s, sign_s = lcn_correction(log_u, log_w, sign_w, log_k, pattern)
     return FactoredKernel(pattern.shape, log_u=log_u, log_w=log_w, sign_w=sign_w, pattern=pattern, log_s=log_s,
                           sign_s=sign_s)
@@ -214,6 +220,7 @@ def lcn_sinkhorn(
     b: Optional[Tensor] = None,
     *,
     eps: float,
+    cost: str = "sq_euclidean",
     mask_a: Optional[Tensor] = None,
     mask_b: Optional[Tensor] = None,
     landmarks: Union[int, Tensor] = 32,
@@ -236,13 +243,15 @@ def lcn_sinkhorn(
 ) -> OTResult:
     r"""Balanced entropic OT between point clouds with the LCN kernel (module docstring).
 
-    Args as :func:`recot.ot.sparse.sparse_sinkhorn` (the neighbours) and :func:`recot.ot.nystrom.nystrom_sinkhorn`
+    Args as :func:`recot.ot.sparse.sparse_sinkhorn` (the neighbours, ``cost``) and :func:`recot.ot.nystrom.nystrom_sinkhorn`
     (``landmarks``, ``rcond``); ``cluster_init`` initialises both clusterings.
 
     Returns:
         :class:`OTResult` with a :class:`recot.ot.factored.FactoredPlan` (rank ``l`` plus the sparse correction)
         and the exact-cost value :math:`\langle C, P_{LCN}\rangle`.
     """
+    check_point_cost(cost)
+
     def structure(xc, yc, ma, mb, center):
         z = landmarks
         if isinstance(z, Tensor):
@@ -255,6 +264,6 @@ def lcn_sinkhorn(
         return z, p
 
     return solve_points(x, y, a, b, eps=eps, mask_a=mask_a, mask_b=mask_b, structure=structure,
-                        kernel=lambda xc, yc, s: lcn_kernel(xc, yc, s[0], s[1], eps, rcond), grad=grad,
+                        kernel=lambda xc, yc, s: lcn_kernel(xc, yc, s[0], s[1], eps, rcond, cost), grad=grad,
                         max_iter=max_iter, tol=tol, check_every=check_every, absorb_threshold=absorb_threshold,
-                        init=init)
+                        init=init, cost=cost)

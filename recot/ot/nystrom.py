@@ -2,10 +2,12 @@ r"""Nyström Sinkhorn (Williams & Seeger 2001; Altschuler et al. 2019; Klicpera/
 ICML 2021, Sec. 4): Sinkhorn with the low-rank kernel
 
 .. math::
-    K_{Nys} = U A^{-1} V, \quad U_{ik} = e^{-\|x_i - z_k\|^2/\varepsilon}, \quad
-    A_{kl} = e^{-\|z_k - z_l\|^2/\varepsilon}, \quad V_{kj} = e^{-\|z_k - y_j\|^2/\varepsilon}
+    K_{Nys} = U A^{-1} V, \quad U_{ik} = e^{-C(x_i, z_k)/\varepsilon}, \quad
+    A_{kl} = e^{-C(z_k, z_l)/\varepsilon}, \quad V_{kj} = e^{-C(z_k, y_j)/\varepsilon}
 
-with ``l`` landmarks :math:`z` (k-means centroids of both clouds together). Every iteration is two products with
+with ``l`` landmarks :math:`z` (k-means centroids of both clouds together) and :math:`C = \|x - y\|^2` (Gaussian
+kernel, ``cost="sq_euclidean"``) or :math:`\|x - y\|` (Laplacian kernel, ``"euclidean"``, the official GTN's; both
+kernels are positive definite, so :math:`A` is PSD). Every iteration is two products with
 ``(n, l)`` and ``(l, m)`` factors: O((n + m) l).
 
 Numerics: :math:`U` stays in log form; :math:`W = A^{+} V` is formed once in float64 with each column of :math:`V`
@@ -22,8 +24,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .cost import sq_euclidean
-from .factored import FactoredKernel, nan_to_neg, signed_log, solve_points
+from .cost import pairwise_cost
+from .factored import FactoredKernel, check_point_cost, nan_to_neg, signed_log, solve_points
 from .neighbours import kmeans
 from .result import OTResult
 
@@ -53,24 +55,26 @@ def _pinv_psd(a: Tensor, rcond: float) -> Tensor:
     return (evecs * inv[..., None, :]) @ evecs.transpose(-1, -2)
 
 
-def nystrom_factors(x: Tensor, y: Tensor, z: Tensor, eps: float, rcond: float = 1e-10
+def nystrom_factors(x: Tensor, y: Tensor, z: Tensor, eps: float, rcond: float = 1e-10, cost: str = "sq_euclidean"
                     ) -> Tuple[Tensor, Tensor, Tensor]:
     r"""``(log U (B, n, l), log|W| (B, l, m), sign W)`` of :math:`K_{Nys} = U W`, :math:`W = A^{+} V`.
 
     ``z: (B, l, d)`` landmarks (treated as constants). ``U`` and ``W`` are differentiable in ``x`` and ``y``.
+    ``cost``: :data:`recot.ot.cost.POINT_COSTS`.
     """
     z = z.detach()
-    log_u = sq_euclidean(x, z) / (-eps)
-    log_v = (sq_euclidean(z, y) / (-eps)).double()
-    a_inv = _pinv_psd((sq_euclidean(z, z).double() / (-eps)).exp(), rcond)
+    log_u = pairwise_cost(x, z, check_point_cost(cost)) / (-eps)
+    log_v = (pairwise_cost(z, y, cost) / (-eps)).double()
+    a_inv = _pinv_psd((pairwise_cost(z, z, cost).double() / (-eps)).exp(), rcond)
     top = log_v.amax(-2, keepdim=True)  # per column: W_:j = e^{top_j} A^+ e^{log V_:j - top_j}
     w = a_inv @ (log_v - top).exp()
     log_w, sign = signed_log(w)
     return log_u, nan_to_neg(log_w + top).to(x.dtype), sign.to(x.dtype)
 
 
-def nystrom_kernel(x: Tensor, y: Tensor, z: Tensor, eps: float, rcond: float = 1e-10) -> FactoredKernel:
-    log_u, log_w, sign_w = nystrom_factors(x, y, z, eps, rcond)
+def nystrom_kernel(x: Tensor, y: Tensor, z: Tensor, eps: float, rcond: float = 1e-10, cost: str = "sq_euclidean"
+                   ) -> FactoredKernel:
+    log_u, log_w, sign_w = nystrom_factors(x, y, z, eps, rcond, cost)
     return FactoredKernel((x.shape[0], x.shape[1], y.shape[1]), log_u=log_u, log_w=log_w, sign_w=sign_w)
 
 
@@ -81,6 +85,7 @@ def nystrom_sinkhorn(
     b: Optional[Tensor] = None,
     *,
     eps: float,
+    cost: str = "sq_euclidean",
     mask_a: Optional[Tensor] = None,
     mask_b: Optional[Tensor] = None,
     landmarks: Union[int, Tensor] = 32,
@@ -98,7 +103,7 @@ def nystrom_sinkhorn(
 ) -> OTResult:
     r"""Balanced entropic OT between point clouds with the Nyström kernel :math:`K_{Nys}` (module docstring).
 
-    Args as :func:`recot.ot.sparse.sparse_sinkhorn`, plus ``landmarks``: their number ``l`` (k-means centroids of
+    Args as :func:`recot.ot.sparse.sparse_sinkhorn` (incl. ``cost``), plus ``landmarks``: their number ``l`` (k-means centroids of
     both clouds, ``landmark_init``/``kmeans_iter``/``fit_size``/``generator`` of :func:`recot.ot.neighbours.kmeans`)
     or the landmarks themselves ``(*batch, l, d)`` / ``(l, d)``; ``rcond`` of the pseudo-inverse of :math:`A`.
 
@@ -106,6 +111,8 @@ def nystrom_sinkhorn(
         :class:`OTResult` with a :class:`recot.ot.factored.FactoredPlan` (rank ``l``) and the exact-cost value
         :math:`\langle C, P_{Nys}\rangle`.
     """
+    check_point_cost(cost)
+
     def structure(xc, yc, ma, mb, center):
         z = landmarks
         if isinstance(z, Tensor):  # landmarks live in the caller's frame: shift them like the points
@@ -114,7 +121,7 @@ def nystrom_sinkhorn(
                             fit_size=fit_size)
 
     return solve_points(x, y, a, b, eps=eps, mask_a=mask_a, mask_b=mask_b, structure=structure,
-                        kernel=lambda xc, yc, z: nystrom_kernel(xc, yc, z, eps, rcond), grad=grad,
+                        kernel=lambda xc, yc, z: nystrom_kernel(xc, yc, z, eps, rcond, cost), grad=grad,
                         max_iter=max_iter, tol=tol, check_every=check_every, absorb_threshold=absorb_threshold,
-                        init=init)
+                        init=init, cost=cost)
 

@@ -2,10 +2,11 @@ r"""Sparse Sinkhorn (Klicpera/Gasteiger, Lienen & Günnemann, ICML 2021, Sec. 3)
 neighbour pairs only.
 
 .. math::
-    K^{sp}_{ij} = \begin{cases} e^{-\|x_i - y_j\|^2/\varepsilon} & x_i, y_j \text{ near (same k-means cluster / LSH
+    K^{sp}_{ij} = \begin{cases} e^{-C(x_i, y_j)/\varepsilon} & x_i, y_j \text{ near (same k-means cluster / LSH
     bucket)} \\ 0 & \text{otherwise,} \end{cases}
 
-then Sinkhorn on :math:`K^{sp}` (the poster's :math:`\bar P^{sp} = \mathrm{diag}(\bar s) K^{sp}\mathrm{diag}(\bar t)`):
+with :math:`C = \|x_i - y_j\|^2` (``cost="sq_euclidean"``, Gaussian kernel) or :math:`\|x_i - y_j\|`
+(``"euclidean"``, Laplacian kernel, the official GTN's), then Sinkhorn on :math:`K^{sp}` (the poster's :math:`\bar P^{sp} = \mathrm{diag}(\bar s) K^{sp}\mathrm{diag}(\bar t)`):
 O(nnz) per iteration, O(n log n) overall with O(n / k) clusters of size k. The kernel is a CSR matrix (torch's
 sparse format) over the whole batch, block-diagonal in the problems (:class:`recot.ot.factored.SparsePattern`).
 
@@ -19,16 +20,18 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .factored import FactoredKernel, SparsePattern, pair_sq_dists, solve_points
+from .factored import FactoredKernel, SparsePattern, check_point_cost, pair_costs, solve_points
 from .neighbours import neighbour_pattern
 from .result import OTResult
 
 __all__ = ["sparse_kernel", "sparse_sinkhorn"]
 
 
-def sparse_kernel(x: Tensor, y: Tensor, pattern: SparsePattern, eps: float) -> FactoredKernel:
-    r"""The exact kernel :math:`e^{-\|x_i - y_j\|^2/\varepsilon}` on ``pattern``'s entries, in log form."""
-    return FactoredKernel(pattern.shape, pattern=pattern, log_s=pair_sq_dists(x, y, pattern) / (-eps))
+def sparse_kernel(x: Tensor, y: Tensor, pattern: SparsePattern, eps: float, cost: str = "sq_euclidean"
+                  ) -> FactoredKernel:
+    r"""The exact kernel :math:`e^{-C(x_i, y_j)/\varepsilon}` on ``pattern``'s entries, in log form (``cost``:
+    ``"sq_euclidean"`` Gaussian, ``"euclidean"`` Laplacian)."""
+    return FactoredKernel(pattern.shape, pattern=pattern, log_s=pair_costs(x, y, pattern, cost) / (-eps))
 
 
 def sparse_sinkhorn(
@@ -38,6 +41,7 @@ def sparse_sinkhorn(
     b: Optional[Tensor] = None,
     *,
     eps: float,
+    cost: str = "sq_euclidean",
     mask_a: Optional[Tensor] = None,
     mask_b: Optional[Tensor] = None,
     method: str = "kmeans",
@@ -59,9 +63,11 @@ def sparse_sinkhorn(
     r"""Balanced entropic OT between point clouds with the sparse kernel :math:`K^{sp}` (module docstring).
 
     Args:
-        x: ``(*batch, n, d)``, y: ``(*batch, m, d)`` points; the cost is :math:`\|x_i - y_j\|^2`.
+        x: ``(*batch, n, d)``, y: ``(*batch, m, d)`` points.
+        cost: ``"sq_euclidean"`` :math:`\|x_i - y_j\|^2` (Gaussian kernel) or ``"euclidean"``
+            :math:`\|x_i - y_j\|` (Laplacian kernel).
         a, b: ``(*batch, n)``, ``(*batch, m)`` weights (None: uniform over real points), equal mass.
-        eps: entropic regularisation (absolute, in units of the squared distances).
+        eps: entropic regularisation (absolute, in units of the cost).
         mask_a, mask_b: bool, True = real point.
         method, n_clusters, n_hashes, n_bands, cluster_init, kmeans_iter, fit_size, generator: the neighbours
             (:func:`recot.ot.neighbours.neighbour_pattern`): ``"kmeans"`` clusters of both clouds together,
@@ -74,9 +80,11 @@ def sparse_sinkhorn(
     Returns:
         :class:`OTResult`: ``plan`` a :class:`recot.ot.factored.FactoredPlan` over the flattened batch (sparse
         values on ``plan.pattern``; ``plan.to_dense()`` for small problems), ``value`` the exact-cost transport cost
-        :math:`\sum_{(i,j) \in N} P_{ij}\|x_i - y_j\|^2`, potentials ``f, g`` (:math:`P_{ij} = e^{(f_i + g_j -
+        :math:`\sum_{(i,j) \in N} P_{ij} C(x_i, y_j)`, potentials ``f, g`` (:math:`P_{ij} = e^{(f_i + g_j -
         C_{ij})/\varepsilon}` on the pattern), ``n_iter``, ``err`` (L1 marginal error), ``converged``.
     """
+    check_point_cost(cost)
+
     def structure(xc, yc, ma, mb, center):
         if pattern is not None:
             return pattern.to(xc.device)
@@ -85,5 +93,5 @@ def sparse_sinkhorn(
                                  fit_size=fit_size, generator=generator)
 
     return solve_points(x, y, a, b, eps=eps, mask_a=mask_a, mask_b=mask_b, structure=structure,
-                        kernel=lambda xc, yc, p: sparse_kernel(xc, yc, p, eps), grad=grad, max_iter=max_iter,
-                        tol=tol, check_every=check_every, absorb_threshold=absorb_threshold, init=init)
+                        kernel=lambda xc, yc, p: sparse_kernel(xc, yc, p, eps, cost), grad=grad, max_iter=max_iter,
+                        tol=tol, check_every=check_every, absorb_threshold=absorb_threshold, init=init, cost=cost)

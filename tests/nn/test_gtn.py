@@ -136,8 +136,8 @@ def test_every_parameter_gets_a_finite_gradient(solver, unbalanced):
 
 
 def test_gtn_rejects_bad_settings():
-    with pytest.raises(ValueError, match="cost='sq_euclidean'"):
-        GTN(solver="lcn", cost="euclidean")
+    with pytest.raises(ValueError, match="cost must be one of"):
+        GTN(solver="lcn", cost="cosine")
     with pytest.raises(ValueError, match="solver must be one of"):
         GTN(solver="dense")
     with pytest.raises(RuntimeError, match="build"):
@@ -170,3 +170,71 @@ def test_calibration_starts_the_predictions_at_the_target_scale(heads, solver):
     assert 0.9 < float(after[fit].mean() / y[fit].mean()) < 1.1
     assert 0.6 < float(after[held].mean() / y[held].mean()) < 1.6
     assert not GTN(calibrate=False).calibrate
+
+
+# ------------------------------------------------------------------ Euclidean cost (Laplacian kernel) for Nyström / LCN
+
+
+def _bp_problem():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 9, 3, generator=g, dtype=torch.float64)
+    ma, mb = torch.ones(3, 8, dtype=torch.bool), torch.ones(3, 9, dtype=torch.bool)
+    ma[1, 5:], mb[2, 6:] = False, False
+    return x, y, ma, mb
+
+
+def test_euclidean_nystrom_and_lcn_bp_converge_to_full():
+    x, y, ma, mb = _bp_problem()
+    dc, ic = x.norm(dim=-1), y.norm(dim=-1)
+    kw = dict(eps=0.5, mask_a=ma, mask_b=mb, cost="euclidean", max_iter=3000, tol=1e-9)
+    full = bp_sinkhorn(x, y, dc, ic, solver="full", **kw)
+    err = lambda r: float(((r.value - full.value) / full.value).abs().max())  # noqa: E731
+    nys = [err(bp_sinkhorn(x, y, dc, ic, solver="nystrom", landmarks=k, **kw)) for k in (2, 6, 17)]
+    assert nys[0] > nys[1] > nys[2] and nys[2] < 1e-6, nys  # 17 landmarks: every point of a pair
+    assert err(bp_sinkhorn(x, y, dc, ic, solver="lcn", landmarks=3, n_clusters=1, **kw)) < 1e-8  # all pairs exact
+
+
+@pytest.mark.parametrize("solver", ["nystrom", "lcn"])
+def test_euclidean_bp_value_and_envelope_gradient_match_dense(solver):
+    """value = <C_BP, P> with the exact Euclidean node cost on the approximate plan; its envelope gradient is the
+    gradient of <C_BP(x, y), P> at the fixed plan (node costs and norm-based deletion costs)."""
+    from recot.ot.bp import bp_cost_matrix
+    from recot.ot.cost import euclidean
+    x, y, ma, mb = _bp_problem()
+    x.requires_grad_(), y.requires_grad_()
+    dc, ic = x.norm(dim=-1), y.norm(dim=-1)
+    res = bp_sinkhorn(x, y, dc, ic, eps=0.5, mask_a=ma, mask_b=mb, solver=solver, cost="euclidean", landmarks=4,
+                      n_clusters=2, max_iter=500, tol=1e-9, grad="envelope")
+    plan = res.plan.to_dense().detach()
+    real = torch.cat([ma, mb], 1)[..., :, None] & torch.cat([mb, ma], 1)[..., None, :]
+    c_bp = bp_cost_matrix(euclidean(x * ma[..., None], y * mb[..., None]), dc * ma, ic * mb, 0.0)
+    dense = (c_bp * plan * real).sum((-2, -1))
+    torch.testing.assert_close(res.value, dense, rtol=1e-9, atol=1e-12)
+    g = torch.autograd.grad(res.value.sum(), (x, y), retain_graph=True)  # the deletion costs are shared
+    ref = torch.autograd.grad(dense.sum(), (x, y))
+    for a, b in zip(g, ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_gtn_lcn_with_the_euclidean_cost_trains_a_step():
+    data = _labelled(random_graphs(8, seed=8, max_nodes=7), seed=9)
+    for d in data:
+        d.x, d.edge_attr = d.x.double(), d.edge_attr.double()
+    g1, g2 = Batch.from_data_list(data[:4]), Batch.from_data_list(data[4:])
+    y = torch.tensor([3.0, 5.0, 4.0, 6.0], dtype=torch.float64)
+    torch.manual_seed(0)
+    model = GTN(solver="lcn", cost="euclidean", max_iter=50, landmarks=3, n_clusters=2, sinkhorn_reg=0.5)
+    model.build(num_node_features=3, num_edge_features=2, dist_scale=2.0, avg_degree=1.5)
+    model = model.double()
+    model.calibrate_scale(g1, g2, y)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = ((model(g1, g2) - y) ** 2).mean()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from recot.ot import sinkhorn, sq_euclidean
+from recot.ot.cost import euclidean
 from recot.ot.factored import FactoredKernel, SparsePattern, factored_sinkhorn, sparse_matvec
 from recot.ot.lcn import lcn_sinkhorn
 from recot.ot.neighbours import kmeans, neighbour_pattern
@@ -288,3 +289,99 @@ def test_lcn_block_path_covers_kmeans_blocks_and_keeps_gradients():
         if path == "entries":
             ref = g
     torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------ Euclidean cost (Laplacian kernel)
+
+
+def _euclidean_solvers(x, y, structure=None, **kw):
+    """Sparse, Nyström and LCN with the Euclidean cost on the same (deterministic) landmarks and clusters."""
+    z, pattern = structure or _fixed_structure(x.detach(), y.detach())
+    return {"sparse": lambda: sparse_sinkhorn(x, y, cost="euclidean", pattern=pattern, **kw),
+            "nystrom": lambda: nystrom_sinkhorn(x, y, cost="euclidean", landmarks=z, **kw),
+            "lcn": lambda: lcn_sinkhorn(x, y, cost="euclidean", landmarks=z, pattern=pattern, **kw)}
+
+
+def test_euclidean_sparse_with_all_pairs_equals_dense():
+    x, y = clouds()
+    mask_b = torch.ones(3, 50, dtype=torch.bool)
+    mask_b[2, 35:] = False
+    ref = sinkhorn(euclidean(x, y), eps=0.3, mask_b=mask_b, tol=1e-11, max_iter=5000)
+    res = sparse_sinkhorn(x, y, eps=0.3, cost="euclidean", mask_b=mask_b, method="all", tol=1e-11, max_iter=5000)
+    assert res.converged.all() and ref.converged.all()
+    torch.testing.assert_close(res.value, ref.value, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(res.plan.to_dense(), ref.plan, rtol=1e-8, atol=1e-13)
+    with pytest.raises(ValueError, match="cost must be one of"):
+        sparse_sinkhorn(x, y, eps=0.3, cost="cosine")
+
+
+def test_euclidean_nystrom_and_lcn_converge_to_dense():
+    """The Laplacian kernel exp(-|x - y| / eps): the error decreases with the landmarks, LCN is below Nyström, and
+    LCN with one cluster (every pair corrected) is the dense solution."""
+    x, y = clouds(batch=3, n=60, m=60)
+    ref = sinkhorn(euclidean(x, y), eps=0.3, tol=1e-10, max_iter=3000)
+    kw = lambda: dict(eps=0.3, cost="euclidean", generator=gen(), tol=1e-9, max_iter=3000)  # noqa: E731
+    nys = [rel_err(nystrom_sinkhorn(x, y, landmarks=l, **kw()), ref) for l in (4, 16, 32, 64)]
+    lcn = [rel_err(lcn_sinkhorn(x, y, landmarks=l, n_clusters=4, **kw()), ref) for l in (4, 16, 32, 64)]
+    assert nys[0] > nys[1] > nys[2] > nys[3], nys
+    assert lcn[0] > lcn[1] > lcn[2] > lcn[3], lcn
+    assert all(e_l < e_n for e_l, e_n in zip(lcn, nys)), (lcn, nys)
+    assert nys[3] < 1e-2 and lcn[3] < 1e-3
+    assert rel_err(lcn_sinkhorn(x, y, landmarks=8, n_clusters=1, **kw()), ref) < 1e-8
+
+
+def test_euclidean_float32_small_eps_is_finite():
+    """eps at 1e-2 of the largest cost: exp(-C/eps) reaches e^-100, below float32's smallest normal number."""
+    x, y = clouds(batch=2, n=60, m=60, d=2, dtype=torch.float32)
+    eps = 1e-2 * float(euclidean(x, y).max())
+    ref = sparse_sinkhorn(x.double(), y.double(), eps=eps, cost="euclidean", method="all", tol=1e-6, max_iter=4000)
+    res = sparse_sinkhorn(x, y, eps=eps, cost="euclidean", method="all", tol=1e-4, max_iter=4000)
+    assert torch.isfinite(res.value).all() and res.converged.all()
+    torch.testing.assert_close(res.value.double(), ref.value, rtol=1e-3, atol=1e-4)
+    for solver in (nystrom_sinkhorn, lcn_sinkhorn):
+        r = solver(x, y, eps=eps, cost="euclidean", landmarks=8, generator=gen(), tol=1e-4, max_iter=500)
+        assert torch.isfinite(r.value).all() and torch.isfinite(r.f).all() and torch.isfinite(r.g).all()
+
+
+@pytest.mark.parametrize("solver", ["sparse", "nystrom", "lcn"])
+def test_euclidean_value_and_envelope_gradient_match_dense(solver):
+    """value = <C, P> with the exact Euclidean cost on every entry of the approximate plan (dense check), and the
+    envelope gradient is that of <C(x, y), P> at the fixed plan: sum_j P_ij (x_i - y_j) / |x_i - y_j|."""
+    x, y = clouds(batch=2, n=7, m=6, d=3, seed=4)
+    x.requires_grad_(), y.requires_grad_()
+    res = _euclidean_solvers(x, y, eps=0.8, tol=1e-10, max_iter=3000, grad="envelope")[solver]()
+    plan = res.plan.to_dense().detach()
+    dense = (euclidean(x, y) * plan).sum((-2, -1))
+    torch.testing.assert_close(res.value, dense, rtol=1e-10, atol=1e-12)
+    g = torch.autograd.grad(res.value.sum(), (x, y))
+    ref = torch.autograd.grad(dense.sum(), (x, y))
+    for a, b in zip(g, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["nystrom", "lcn"])
+def test_euclidean_unrolled_gradients_match_finite_differences(solver):
+    x, y = clouds(batch=2, n=6, m=5, d=2, seed=3)
+    # landmarks and clusters must not move with the finite differences; k-means can put a landmark on a point,
+    # where |y - z| has a kink: shift them off the points
+    z, pattern = _fixed_structure(x, y)
+    fixed = (z + 0.05, pattern)
+    kw = dict(eps=2.0, max_iter=30, tol=0.0, grad="unroll")
+    fn = lambda x, y: _euclidean_solvers(x, y, fixed, **kw)[solver]().value  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), y.requires_grad_()), atol=1e-6, rtol=1e-4)
+
+
+def test_lowrank_point_cost_chunks_and_gradients():
+    from recot.ot.factored import lowrank_point_cost
+    g = gen()
+    x, y = torch.randn(2, 7, 3, generator=g, dtype=F64), torch.randn(2, 5, 3, generator=g, dtype=F64)
+    q, r = torch.rand(2, 7, 4, generator=g, dtype=F64), torch.randn(2, 4, 5, generator=g, dtype=F64)
+    ref = (euclidean(x, y) * (q @ r)).sum((-2, -1))
+    for cost, c in (("euclidean", euclidean(x, y)), ("sq_euclidean", sq_euclidean(x, y))):
+        one = lowrank_point_cost(q, r, x, y, cost)
+        chunked = lowrank_point_cost(q, r, x, y, cost, max_entries=10)  # one row per chunk
+        torch.testing.assert_close(one, (c * (q @ r)).sum((-2, -1)))
+        torch.testing.assert_close(chunked, one)
+        args = tuple(t.clone().requires_grad_() for t in (q, r, x, y))
+        assert torch.autograd.gradcheck(lambda *a: lowrank_point_cost(*a, cost, max_entries=10), args)
+    assert ref.shape == (2,)
