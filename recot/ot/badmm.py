@@ -111,11 +111,12 @@ def badmm_step(
     log_b: Tensor,
     reg_type: str = "entropic",
     reg_m: Tuple[float, float] = (math.inf, math.inf),
-    cost_s: Union[None, Tensor, Callable[[Tensor], Tensor]] = None,
+    cost_s: Union[None, Tensor, Callable[[Tensor, Tensor], Tensor]] = None,
     relax_marginals: bool = False,
     mask_a: Optional[Tensor] = None,
     mask_b: Optional[Tensor] = None,
     mask2d: Optional[Tensor] = None,
+    update_s: bool = True,
 ) -> BADMMState:
     r"""One BADMM iteration, Eqs. 23-28 (see the module docstring). Differentiable.
 
@@ -126,10 +127,14 @@ def badmm_step(
         log_a, log_b: log prior marginals with :func:`recot.ot.utils.neg` on padding.
         reg_m: :math:`(\alpha_2, \alpha_3)` of Eqs. 26-27; ``inf`` keeps :math:`\mu = a` (resp.
             :math:`\eta = b`) fixed, which is plain OT.
-        cost_s: optional linear cost of the S-update (0 for plain OT), or a callable of the new
-            plan :math:`P^{(t+1)}` returning it (the ROT problem's :math:`-\alpha_0\Sigma_1^\top P^{(t+1)}\Sigma_2`).
+        cost_s: optional linear cost :math:`C_S` of the S-update (0 for plain OT), or a callable ``(P, Z)`` of the
+            new plan :math:`P^{(t+1)}` and the dual returning :math:`Z - C_S(P^{(t+1)})` (the ROT problem's
+            :math:`C_S = -\alpha_0\Sigma_1^\top P^{(t+1)}\Sigma_2`, which the caller can fuse into one product).
         relax_marginals: solve the KL-relaxed marginals for real (see below) instead of Eqs. 26-28's
             :math:`\mu, \eta` updates. ``reg`` and ``reg_m`` may be 0-dim tensors (learnable weights).
+        update_s: False stops after the P-update (Eq. 23; with ``relax_marginals`` its :math:`\mu`): the rest
+            of the state is returned unchanged. For a last iteration whose caller reads only :math:`P` (the ROT
+            layer's readout), which saves the S- and dual updates' forward work.
 
     Note (found while testing against a direct solver of the ROT problem): Eq. 23 enforces
     :math:`P^{(t+1)}\mathbf 1 = \mu^{(t)}` exactly, so the dual update (28) gives
@@ -162,10 +167,10 @@ def badmm_step(
         log_mu = _prior_mix(lse, log_a, rho, rho_a, mask_a)
     # y holds neg on padding and log_mu - lse is finite there (-log m on padded rows): no second fill needed
     log_p = y + (log_mu - lse)[..., :, None]
+    if not update_s:
+        return state._replace(log_p=log_p, log_mu=log_mu)
     p = clamped_exp(log_p)
-    if callable(cost_s):
-        cost_s = cost_s(p)
-    zc = z if cost_s is None else z - cost_s
+    zc = cost_s(p, z) if callable(cost_s) else z if cost_s is None else z - cost_s
     if quadratic:
         y = torch.addcmul(log_p, torch.addcmul(zc, p, w(-reg)), w(1 / rho))
     else:

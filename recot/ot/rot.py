@@ -55,7 +55,7 @@ from .badmm import _log_marginals, _scalar, badmm_init, badmm_step
 from .losses import entropy_term
 from .result import OTResult
 from .sinkhorn import _potential_change, _sinkhorn_step
-from .utils import clamped_exp, iterate, log_kernel, logsumexp, neg, setup_problem
+from .utils import clamped_exp, iterate, log_kernel, logsumexp, neg, setup_problem, softmax
 
 __all__ = ["ROTResult", "ROTWeights", "Structure", "rot_badmm", "rot_objective", "rot_readout", "rot_sinkhorn",
            "similarity"]
@@ -101,9 +101,26 @@ class Structure(NamedTuple):
     def apply(self, plan: Tensor) -> Tensor:
         r""":math:`\Sigma_1 P \Sigma_2^\top` for ``plan: (B, D, N)`` (both similarities are symmetric, so this is
         also the :math:`\Sigma_1^\top P\Sigma_2` of Eq. 25)."""
+        return self.add(plan.new_zeros(()), plan, 1.0)
+
+    def add(self, base: Tensor, plan: Tensor, weight: Weight) -> Tensor:
+        r""":math:`\text{base} + w\,\Sigma_1 P \Sigma_2^\top`, ``base`` broadcastable to ``plan: (B, D, N)``.
+
+        One ``baddbmm`` writes the sum: the weight scales the small left factor, so the ``(B, D, N)`` result is
+        produced once (forward and backward) instead of by a product, a scaling and an addition."""
         if self.factored:  # (D x D)(D x r) before the (r x N) factor: D^2 r + 2 D r N operations, not D^2 N + 2 D r N
-            return (self.feature @ (plan @ self.sample)) @ self.sample.transpose(-1, -2)
-        return self.feature @ plan @ self.sample.transpose(-1, -2)
+            left = self.feature @ (plan @ self.sample)
+        else:
+            left = self.feature @ plan
+        return torch.baddbmm(base.expand(plan.shape), left * weight, self.sample.transpose(-1, -2))
+
+    def add_outer(self, base: Tensor, u: Tensor, v: Tensor, weight: Weight) -> Tensor:
+        r""":meth:`add` for the rank-one plan :math:`uv^\top` (``u: (B, D)``, ``v: (B, N)``): :math:`\text{base} +
+        w(\Sigma_1u)(\Sigma_2v)^\top` by matrix-vector products (both solvers' first module starts from it)."""
+        left = (self.feature @ u[..., None]) * weight
+        v = v[..., None]
+        right = self.sample @ (self.sample.transpose(-1, -2) @ v) if self.factored else self.sample @ v
+        return torch.addcmul(base, left, right.transpose(-1, -2))
 
 
 def _count(mask: Optional[Tensor], x: Tensor) -> Tensor:
@@ -219,11 +236,15 @@ def rot_sinkhorn(
         eps = w.alpha1 + w.step
         cost = torch.addcmul(prob.cost, log_plan, _scalar(-w.step, like=x))
         if structure is not None and not _is_zero(w.alpha0):
-            cost = torch.addcmul(cost, structure.apply(clamped_exp(log_plan)), _scalar(-2 * w.alpha0, like=x))
+            if t == 0:  # the start plan is a b^T
+                cost = structure.add_outer(cost, clamped_exp(log_a), clamped_exp(log_b), -2 * w.alpha0)
+            else:
+                cost = structure.add(cost, clamped_exp(log_plan), -2 * w.alpha0)
         logk = log_kernel(cost, eps, prob.mask2d)  # replaces the padded costs (-tau * neg) by neg
         tau_a, tau_b = _tau(w.alpha2, eps), _tau(w.alpha3, eps)
+        # keep: the K unrolled steps over small sets can afford their exponentials, and backward gets 5x cheaper
         step = partial(_sinkhorn_step, logk=logk, ca=tau_a * log_a, cb=tau_b * log_b, tau_a=tau_a, tau_b=tau_b,
-                       mask_a=prob.mask_a, mask_b=prob.mask_b)
+                       mask_a=prob.mask_a, mask_b=prob.mask_b, keep=True)
         last = t == num_modules - 1
         (phi, gamma), _, err = iterate(step, (torch.zeros_like(log_a), torch.zeros_like(log_b)), max_iter=inner_iter,
                                        tol=0.0, check_every=inner_iter, batch_shape=batch, device=x.device,
@@ -268,11 +289,16 @@ def rot_badmm(
         w = weights.at(t)
         cost_p, cost_s = prob.cost, None
         if structure is not None and not _is_zero(w.alpha0):
-            cost_p = torch.addcmul(cost_p, structure.apply(state.s), _scalar(-w.alpha0, like=x))
-            cost_s = partial(_structural_cost, structure=structure, alpha0=w.alpha0)
+            if t == 0:  # Alg. 2 starts from S = a b^T
+                cost_p = structure.add_outer(cost_p, clamped_exp(log_a), clamped_exp(log_b), -w.alpha0)
+            else:
+                cost_p = structure.add(cost_p, state.s, -w.alpha0)
+            cost_s = partial(_dual_minus_structural_cost, structure=structure, alpha0=w.alpha0)
+        # without stats only the last P is read: its S- and dual updates would be computed for nothing
         state = badmm_step(state, cost_p, reg=w.alpha1, rho=w.step, log_a=log_a, log_b=log_b, reg_type=reg_type,
                            reg_m=(w.alpha2, w.alpha3), cost_s=cost_s, relax_marginals=marginals == "relaxed",
-                           mask_a=prob.mask_a, mask_b=prob.mask_b, mask2d=prob.mask2d)
+                           mask_a=prob.mask_a, mask_b=prob.mask_b, mask2d=prob.mask2d,
+                           update_s=stats or t < num_modules - 1)
     if not stats:
         return _result(prob, state.log_p, None, None, num_modules, None, tol, stats)
     with torch.no_grad():
@@ -280,8 +306,9 @@ def rot_badmm(
     return _result(prob, _normalize(state.log_p, prob.mask2d), None, None, num_modules, err, tol)
 
 
-def _structural_cost(plan: Tensor, *, structure: Structure, alpha0: Weight) -> Tensor:
-    return -alpha0 * structure.apply(plan)
+def _dual_minus_structural_cost(plan: Tensor, z: Tensor, *, structure: Structure, alpha0: Weight) -> Tensor:
+    r""":math:`Z - C_S` of Eq. 25, :math:`C_S = -\alpha_0\Sigma_1^\top P\Sigma_2` (``badmm_step``'s callable form)."""
+    return structure.add(z, plan, alpha0)
 
 
 def _is_zero(w: Weight) -> bool:
@@ -304,10 +331,10 @@ def rot_readout(x: Tensor, log_plan: Tensor, mask: Optional[Tensor] = None) -> T
     ``x: (B, N, D)``, ``log_plan: (B, D, N)``, ``mask: (B, N)`` -> ``(B, D)``. Rows are normalised in the log
     domain (a softmax over samples), so no row underflows to 0/0; an empty set gives 0.
     """
-    # softmax by hand: torch's exp takes a slow path below log(tiny), where padding and most small entries lie
+    # recot.ot.utils.softmax: torch's exp takes a slow path below log(tiny), where padding and most small entries lie
     # Padded samples hold neg in log_plan, hence weight exactly 0; only an empty set (all neg: uniform weights)
     # needs the mask, applied to the output.
-    weights = clamped_exp(log_plan - logsumexp(log_plan, -1)[..., None])
+    weights = softmax(log_plan, -1)
     out = (weights * x.transpose(-1, -2)).sum(-1)
     return out if mask is None else out * mask.any(-1, keepdim=True).to(out.dtype)
 

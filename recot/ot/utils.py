@@ -192,48 +192,90 @@ class _LogSumExpStep(torch.autograd.Function):
 
     ``torch.logsumexp`` saves its (n, m) input for every call; here backward recomputes the softmax
     from the shared kernel, so unrolled Sinkhorn stores O(n + m) per half-iteration instead of O(n m).
-    Same arithmetic as torch's backward (one ``exp`` pass), so no time is lost.
+    Same arithmetic as torch's backward (one ``exp`` pass), so no time is lost. ``keep=True`` trades that memory
+    for time instead: the exponentials (exact zeros below ``4 tiny``) and their sums are kept, and backward is one
+    pass over them instead of five (the ROT layers' short unrolled loops over small sets).
     """
 
     @staticmethod
-    def forward(ctx, logk: Tensor, pot: Tensor, dim: int) -> Tensor:
+    def forward(ctx, logk: Tensor, pot: Tensor, dim: int, keep: bool = False) -> Tensor:
         t = logk + (pot.unsqueeze(-2) if dim == -1 else pot.unsqueeze(-1))
         mx = t.amax(dim, keepdim=True)
+        ctx.dim, ctx.keep, ctx.logk_shape = dim, keep, logk.shape
+        if keep:
+            e = clamped_exp_(t.sub_(mx))
+            s = e.sum(dim, keepdim=True)
+            ctx.save_for_backward(e, s)
+            return s.log().add_(mx).squeeze(dim)
         out = clamped_exp_(t.sub_(mx), exact_zero=False).sum(dim).log_().add_(mx.squeeze(dim))
         ctx.save_for_backward(logk, pot, out)
-        ctx.dim = dim
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        logk, pot, out = ctx.saved_tensors
         dim = ctx.dim
-        t = logk + (pot.unsqueeze(-2) if dim == -1 else pot.unsqueeze(-1))
-        w = clamped_exp_(t.sub_(out.unsqueeze(dim))).mul_(grad.unsqueeze(dim))
+        if ctx.keep:
+            e, s = ctx.saved_tensors
+            w = e * (grad.unsqueeze(dim) / s)
+        else:
+            logk, pot, out = ctx.saved_tensors
+            t = logk + (pot.unsqueeze(-2) if dim == -1 else pot.unsqueeze(-1))
+            w = clamped_exp_(t.sub_(out.unsqueeze(dim))).mul_(grad.unsqueeze(dim))
         g_pot = w.sum(-2 if dim == -1 else -1) if ctx.needs_input_grad[1] else None
         g_logk = w if ctx.needs_input_grad[0] else None
-        if g_logk is not None and g_logk.shape != logk.shape:
-            g_logk = g_logk.sum_to_size(logk.shape)
-        return g_logk, g_pot, None
+        if g_logk is not None and g_logk.shape != ctx.logk_shape:
+            g_logk = g_logk.sum_to_size(ctx.logk_shape)
+        return g_logk, g_pot, None, None
 
 
 class _LogSumExp(torch.autograd.Function):
-    """``log sum exp`` along ``dim`` with clamped exponentials; backward ``grad * exp(t - out)`` as torch's."""
+    """``log sum exp`` along ``dim`` with clamped exponentials; backward ``grad * exp(t - out)`` as torch's.
+
+    Keeps the shifted exponentials ``e = exp(t - max)`` (exact zeros below ``4 tiny``) and their sums ``s`` for
+    backward, ``grad * e / s``: one pass instead of recomputing the exponentials (five), for one tensor of the
+    input's size (torch's keeps the input instead)."""
 
     @staticmethod
     def forward(ctx, t: Tensor, dim: int) -> Tensor:
         mx = t.amax(dim, keepdim=True)
-        out = clamped_exp_(t - mx, exact_zero=False).sum(dim).log_().add_(mx.squeeze(dim))
-        ctx.save_for_backward(t, out)
+        e = clamped_exp_(t - mx)
+        s = e.sum(dim, keepdim=True)
+        ctx.save_for_backward(e, s)
+        ctx.dim = dim
+        return s.log().add_(mx).squeeze(dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        e, s = ctx.saved_tensors
+        return e * (grad.unsqueeze(ctx.dim) / s), None
+
+
+class _Softmax(torch.autograd.Function):
+    """Softmax along ``dim`` with clamped exponentials; backward ``out * (grad - <grad, out>)`` as torch's."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, dim: int) -> Tensor:
+        e = clamped_exp_(t - t.amax(dim, keepdim=True))
+        out = torch.nn.functional.threshold_(e.div_(e.sum(dim, keepdim=True)), 4 * torch.finfo(t.dtype).tiny, 0.0)
+        ctx.save_for_backward(out)
         ctx.dim = dim
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        t, out = ctx.saved_tensors
-        return clamped_exp_(t - out.unsqueeze(ctx.dim)).mul_(grad.unsqueeze(ctx.dim)), None
+        (out,) = ctx.saved_tensors
+        return out * (grad - (grad * out).sum(ctx.dim, keepdim=True)), None
+
+
+def softmax(t: Tensor, dim: int) -> Tensor:
+    """``torch.softmax(t, dim)`` without the subnormal slow path of ``exp`` (see :func:`clamped_exp_`): results
+    below ``4 tiny`` are exactly 0. Differentiable (once); ``t`` finite (:func:`neg` for padding)."""
+    if t.shape[dim] == 0:
+        return torch.softmax(t, dim)
+    return _Softmax.apply(t, dim)
 
 
 def logsumexp(t: Tensor, dim: int) -> Tensor:
@@ -246,14 +288,17 @@ def logsumexp(t: Tensor, dim: int) -> Tensor:
     return _LogSumExp.apply(t, dim)
 
 
-def lse_rows(logk: Tensor, pot: Tensor) -> Tensor:
-    r""":math:`\log\sum_j \exp(\text{logk}_{ij} + \text{pot}_j)`: ``(*batch, n, m), (*batch, m) -> (*batch, n)``."""
-    return _LogSumExpStep.apply(logk, pot, -1)
+def lse_rows(logk: Tensor, pot: Tensor, keep: bool = False) -> Tensor:
+    r""":math:`\log\sum_j \exp(\text{logk}_{ij} + \text{pot}_j)`: ``(*batch, n, m), (*batch, m) -> (*batch, n)``.
+
+    ``keep``: keep the exponentials for a one-pass backward (memory O(n m) per call instead of O(n + m))."""
+    return _LogSumExpStep.apply(logk, pot, -1, keep)
 
 
-def lse_cols(logk: Tensor, pot: Tensor) -> Tensor:
-    r""":math:`\log\sum_i \exp(\text{logk}_{ij} + \text{pot}_i)`: ``(*batch, n, m), (*batch, n) -> (*batch, m)``."""
-    return _LogSumExpStep.apply(logk, pot, -2)
+def lse_cols(logk: Tensor, pot: Tensor, keep: bool = False) -> Tensor:
+    r""":math:`\log\sum_i \exp(\text{logk}_{ij} + \text{pot}_i)`: ``(*batch, n, m), (*batch, n) -> (*batch, m)``
+    (``keep`` as :func:`lse_rows`)."""
+    return _LogSumExpStep.apply(logk, pot, -2, keep)
 
 
 State = Tuple[Tensor, ...]

@@ -41,15 +41,31 @@ def test_callable_s_cost_sees_the_new_plan_and_tensor_weights_get_gradients():
     cost, a, b = priors()
     seen = []
 
-    def cost_s(p):
+    def dual_minus_cost_s(p, z):  # the callable form returns Z - C_S(P)
         seen.append(p)
-        return -0.5 * p
+        return z + 0.5 * p
 
     reg = torch.tensor(0.3, dtype=F64, requires_grad=True)
     alphas = torch.tensor([0.7, 0.2], dtype=F64, requires_grad=True)
     state = badmm_init(a.log(), b.log())
-    state = badmm_step(state, cost, reg=reg, rho=1.0, log_a=a.log(), log_b=b.log(), reg_m=(alphas[0], alphas[1]),
-                       cost_s=cost_s, relax_marginals=True)
-    torch.testing.assert_close(seen[0], state.log_p.exp())
-    grads = torch.autograd.grad(state.log_s.exp().pow(2).sum(), (reg, alphas))
+    kw = dict(reg=reg, rho=1.0, log_a=a.log(), log_b=b.log(), reg_m=(alphas[0], alphas[1]), relax_marginals=True)
+    new = badmm_step(state, cost, cost_s=dual_minus_cost_s, **kw)
+    torch.testing.assert_close(seen[0], new.log_p.exp())
+    grads = torch.autograd.grad(new.log_s.exp().pow(2).sum(), (reg, alphas))
     assert all((g.abs() > 0).all() for g in grads)
+    # the tensor form of the same S-cost gives the same step
+    again = badmm_step(state, cost, cost_s=-0.5 * new.log_p.exp(), **kw)
+    torch.testing.assert_close(again.log_s, new.log_s)
+
+
+def test_update_s_false_stops_after_the_p_update():
+    cost, a, b = priors()
+    state = badmm_init(a.log(), b.log())
+    kw = dict(reg=0.3, rho=1.0, log_a=a.log(), log_b=b.log(), reg_m=(0.7, 0.2), relax_marginals=True)
+    for _ in range(2):
+        full = badmm_step(state, cost, **kw)
+        half = badmm_step(state, cost, update_s=False, **kw)
+        torch.testing.assert_close(half.log_p, full.log_p)
+        torch.testing.assert_close(half.log_mu, full.log_mu)
+        assert half.log_s is state.log_s and half.z is state.z and half.s is state.s
+        state = full

@@ -197,6 +197,12 @@ def test_similarities_masked_equal_unpadded_and_covariance_matches_the_formula()
         plan = torch.rand(1, 5, 4, dtype=F64)
         padded_plan = torch.nn.functional.pad(plan, (0, 3))
         torch.testing.assert_close(full.apply(padded_plan)[1:2, :, :4], alone.apply(plan))
+        base, weight = torch.randn(3, 5, 7, dtype=F64), torch.tensor(-0.7, dtype=F64)
+        plan = torch.rand(3, 5, 7, dtype=F64)
+        torch.testing.assert_close(full.add(base, plan, weight), base + weight * full.apply(plan))
+        u, v = torch.rand(3, 5, dtype=F64), torch.rand(3, 7, dtype=F64)  # rank one, as the solvers' start
+        torch.testing.assert_close(full.add_outer(base, u, v, weight),
+                                   base + weight * full.apply(u[..., :, None] * v[..., None, :]))
     xs = x[0].T  # (D, N) as in the paper
     sigma1 = (xs - xs.mean(1, keepdim=True)) @ (xs - xs.mean(1, keepdim=True)).T / xs.shape[1]
     sigma2 = (xs - xs.mean(0, keepdim=True)).T @ (xs - xs.mean(0, keepdim=True)) / xs.shape[0]

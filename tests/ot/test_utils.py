@@ -1,6 +1,7 @@
 import torch
 
-from recot.ot.utils import iterate, lse_cols, lse_rows, masked_log, neg, prepare_weights, setup_problem
+from recot.ot.utils import (iterate, logsumexp, lse_cols, lse_rows, masked_log, neg, prepare_weights, setup_problem,
+                            softmax)
 
 F64 = torch.float64
 
@@ -12,8 +13,26 @@ def test_lse_steps_match_torch_and_pass_gradcheck():
     v = torch.randn(2, 5, generator=g, dtype=F64, requires_grad=True)
     torch.testing.assert_close(lse_rows(logk, v), torch.logsumexp(logk + v[:, None, :], -1))
     torch.testing.assert_close(lse_cols(logk, u), torch.logsumexp(logk + u[:, :, None], -2))
-    assert torch.autograd.gradcheck(lambda k, p: lse_rows(k, p), (logk, v))
-    assert torch.autograd.gradcheck(lambda k, p: lse_cols(k, p), (logk, u))
+    for keep in (False, True):  # keep: the exponentials are saved and backward is one pass
+        assert torch.autograd.gradcheck(lambda k, p: lse_rows(k, p, keep), (logk, v))
+        assert torch.autograd.gradcheck(lambda k, p: lse_cols(k, p, keep), (logk, u))
+    shared = logk[0].detach().clone().requires_grad_()  # a kernel broadcast over the batch
+    assert torch.autograd.gradcheck(lambda k, p: lse_rows(k, p, True), (shared, v))
+
+
+def test_logsumexp_and_softmax_match_torch_gradcheck_and_padding():
+    g = torch.Generator().manual_seed(1)
+    t = torch.randn(3, 4, 5, generator=g, dtype=F64, requires_grad=True)
+    for dim in (-1, -2):
+        torch.testing.assert_close(logsumexp(t, dim), torch.logsumexp(t, dim))
+        torch.testing.assert_close(softmax(t, dim), torch.softmax(t, dim))
+        assert torch.autograd.gradcheck(lambda x: logsumexp(x, dim), (t,))
+        assert torch.autograd.gradcheck(lambda x: softmax(x, dim), (t,))
+    padded = torch.cat([torch.randn(2, 3), torch.full((2, 2), neg(torch.float32))], -1).requires_grad_()
+    w = softmax(padded, -1)
+    assert (w[:, 3:] == 0).all() and torch.allclose(w.sum(-1), torch.ones(2))
+    (w * torch.randn(2, 5)).sum().backward()
+    assert torch.isfinite(padded.grad).all() and (padded.grad[:, 3:] == 0).all()
 
 
 def test_lse_is_finite_on_fully_padded_rows():
