@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recot.folds import stratified_folds
+
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3)
 
 
@@ -117,12 +119,6 @@ class LinearSVM:
     def predict(self, x: Tensor) -> Tensor:
         xs = (torch.as_tensor(x, dtype=torch.float64) - self._mean) / self._std
         return predict_svm(self.w, xs, self.num_classes)
-
-
-def stratified_folds(labels: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
-    """Fold id per item, as :func:`datamodules.folds.stratified_folds` (imported from there)."""
-    from datamodules.folds import stratified_folds as folds
-    return folds(labels, num_folds, seed)
 
 
 def _folds_for(labels: np.ndarray, wanted: int) -> int:
