@@ -114,12 +114,17 @@ def _init_potentials(prob: Problem, log_a: Tensor, log_b: Tensor, eps: float, kl
     return torch.zeros_like(log_a), torch.zeros_like(log_b)
 
 
+def _is_one(tau) -> bool:
+    return not torch.is_tensor(tau) and tau == 1.0
+
+
 def _sinkhorn_step(state, active, *, logk, ca, cb, tau_a, tau_b, mask_a, mask_b, keep=False):
     phi, gamma = state
     lse = lse_rows(logk, gamma, keep)
-    phi = masked_update(ca - lse if tau_a == 1.0 else ca - tau_a * lse, phi, mask_a, active)
+    # a learnable tau is a tensor, never taken as exactly 1 (comparing it would sync on every half-step)
+    phi = masked_update(ca - lse if _is_one(tau_a) else ca - tau_a * lse, phi, mask_a, active)
     lse = lse_cols(logk, phi, keep)
-    gamma = masked_update(cb - lse if tau_b == 1.0 else cb - tau_b * lse, gamma, mask_b, active)
+    gamma = masked_update(cb - lse if _is_one(tau_b) else cb - tau_b * lse, gamma, mask_b, active)
     return phi, gamma
 
 
