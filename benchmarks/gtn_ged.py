@@ -65,6 +65,24 @@ def mean_baseline(args) -> None:
               f"test RMSE of the training mean {float(((test - mean) ** 2).mean().sqrt()):.4g}", flush=True)
 
 
+def summarize(files) -> None:
+    """One row per run over the seeds found in ``files`` (later files win for a repeated run and seed)."""
+    runs: dict = {}
+    for f in files:
+        for r in json.loads(Path(f).read_text())["rows"]:
+            if r.get("test_rmse") is not None:
+                runs.setdefault(r["run"], {})[r["seed"]] = r
+    print("| run | seeds | test RMSE per seed | mean +- std | epochs done per seed | poster |")
+    print("|---|---|---|---|---|---|")
+    for run, by_seed in runs.items():
+        rs = [by_seed[s] for s in sorted(by_seed)]
+        v = [r["test_rmse"] for r in rs]
+        mean = sum(v) / len(v)
+        std = (sum((x - mean) ** 2 for x in v) / len(v)) ** 0.5
+        print(f"| {run} | {', '.join(str(r['seed']) for r in rs)} | {' / '.join(f'{x:.4g}' for x in v)} | "
+              f"{mean:.4g} +- {std:.2g} | {' / '.join(str(r.get('epochs_done', '-')) for r in rs)} | {rs[0]['poster']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="+", default=list(RUNS))
@@ -78,6 +96,8 @@ def main() -> None:
     ap.add_argument("--eval_pairs_200", type=int, default=300)
     ap.add_argument("--max_minutes", type=float, default=0, help="training time cap per run (0 = none)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
+    ap.add_argument("--summarize", nargs="+", metavar="JSON",
+                    help="only print test RMSE mean +- std (population) over the seeds of each run in these output files")
     ap.add_argument("--mean_baseline", action="store_true",
                     help="only print the test RMSE of predicting the training mean on the same pair subsets")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -87,6 +107,8 @@ def main() -> None:
     ap.add_argument("--root", default=str(REPO / "benchmarks" / "out" / "gtn"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "gtn_ged.json"))
     args = ap.parse_args()
+    if args.summarize:
+        return summarize(args.summarize)
     if args.mean_baseline:
         return mean_baseline(args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
