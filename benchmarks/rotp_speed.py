@@ -2,6 +2,7 @@
 
     python benchmarks/rotp_speed.py                       # ../shared/data or $RECOT_DATA; one torch thread
     python benchmarks/rotp_speed.py --repeats 30 --threads 2
+    python benchmarks/rotp_speed.py --compile --clock cpu       # + the ROT layers with compile_solver=True
 
 Two timings per pooling: the pooling alone (on fixed GIN node embeddings that require grad: 32 features, ReLU'd) and
 the whole GraphClassifier (5-layer GIN + pooling + MLP, the configs' model). Poolings run interleaved, repeat after
@@ -26,7 +27,7 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
 
-def make_poolings(d: int) -> dict:
+def make_poolings(d: int, compiled: bool = False) -> dict:
     from torch_geometric.nn import MLP
     from torch_geometric.nn.aggr import (DeepSetsAggregation, MaxAggregation, MeanAggregation, Set2Set,
                                          SumAggregation)
@@ -44,7 +45,11 @@ def make_poolings(d: int) -> dict:
         "ROTP_S (4 modules, K=5)": lambda: ROTPoolingS(num_modules=4),
         "ROTP_B-E (4 modules)": lambda: ROTPoolingBE(num_modules=4),
         "ROTP_B-Q (4 modules)": lambda: ROTPoolingBQ(num_modules=4),
-    }
+    } | ({
+        "ROTP_S, compiled": lambda: ROTPoolingS(num_modules=4, compile_solver=True),
+        "ROTP_B-E, compiled": lambda: ROTPoolingBE(num_modules=4, compile_solver=True),
+        "ROTP_B-Q, compiled": lambda: ROTPoolingBQ(num_modules=4, compile_solver=True),
+    } if compiled else {})
 
 
 def main() -> None:
@@ -52,6 +57,8 @@ def main() -> None:
     ap.add_argument("--data_dir", default=os.environ.get("RECOT_DATA") or str(SHARED))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the ROT layers with compile_solver=True (compiled in the warm-up rounds)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: the process's CPU time (with --threads 1 the least disturbed by other jobs on the machine)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "rotp_speed.json"))
@@ -72,7 +79,7 @@ def main() -> None:
     d = 32
     with torch.no_grad():  # realistic node embeddings: an (untrained) GIN's, ReLU'd
         feats = torch.relu(GIN(dm.num_features, d, 5, norm="batch_norm")(batch.x, batch.edge_index))
-    builders = make_poolings(d)
+    builders = make_poolings(d, args.compile)
     alone, models = {}, {}
     for name, build in builders.items():
         alone[name] = build()

@@ -1,6 +1,7 @@
 """ROT pooling layers as PyG aggregations: Proposition 1 and 2 through the layers, permutation invariance,
 padded == unpadded, empty sets, dense and image inputs, gradients to every weight."""
 import math
+import shutil
 
 import pytest
 import torch
@@ -162,3 +163,24 @@ def test_size_buckets_minimise_padding_plus_overhead():
     out = layer(x, index, dim_size=30)
     layer.bucket_overhead = 0.0
     torch.testing.assert_close(layer(x, index, dim_size=30), out)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_solver_equals_eager_in_values_and_gradients():
+    x, index = batch()
+    eager = ROTPoolingBE(num_modules=2)
+    compiled = ROTPoolingBE(num_modules=2, compile_solver=True)
+    compiled.load_state_dict(eager.state_dict())
+    outs = []
+    for layer in (eager, compiled):
+        xr = x.clone().requires_grad_()
+        out = layer(xr, index, dim_size=5)  # set 4 is empty
+        out.pow(2).sum().backward()
+        outs.append((out.detach(), xr.grad, [p.grad for p in layer.parameters()]))
+    from recot.nn.aggr import rot as rot_layers
+    assert rot_layers._compiled.cache_info().currsize >= 1  # the compiled solver ran
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs[1][2], outs[0][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
