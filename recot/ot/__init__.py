@@ -8,7 +8,7 @@ uniform over real elements) and bool masks (True = real), and returns an :class:
     >>> res.plan, res.value, res.n_iter, res.converged
 """
 from .badmm import BADMMState, badmm, badmm_init, badmm_step
-from .cost import cosine_cost, cost_scale, dot_cost, normalize_cost, pairwise_cost, sq_euclidean
+from .cost import cosine_cost, cost_scale, dot_cost, euclidean, normalize_cost, pairwise_cost, sq_euclidean
 from .greenkhorn import greenkhorn
 from .kmeans import KMeansResult, ot_kmeans
 from .losses import (accelerated_sinkhorn_loss, concentration_loss, entropic_ot, entropy_term, sinkhorn_divergence,
@@ -30,6 +30,7 @@ __all__ = [
     "dot_cost",
     "entropic_ot",
     "entropy_term",
+    "euclidean",
     "greenkhorn",
     "normalize_cost",
     "ot_kmeans",
