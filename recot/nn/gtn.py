@@ -33,7 +33,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import degree, to_dense_batch
 
 from recot.ot.bp import BP_SOLVERS, bp_sinkhorn
-from recot.ot.cost import POINT_COSTS, pairwise_cost
+from recot.ot.cost import check_point_cost, pairwise_cost
 from recot.ot.neighbours import lsh_projections
 from recot.ot.sinkhorn import sinkhorn
 
@@ -156,8 +156,7 @@ class GTN(nn.Module):
             raise ValueError(f"solver must be one of {BP_SOLVERS}, got {solver!r}")
         if solver != "full" and unbalanced != "bp":
             raise ValueError(f"solver={solver!r} is implemented for the BP matrix: set unbalanced='bp'")
-        if cost not in POINT_COSTS:
-            raise ValueError(f"cost must be one of {POINT_COSTS}, got {cost!r}")
+        check_point_cost(cost)
         self.emb_size, self.num_layers, self.act, self.deg_norm_hidden = emb_size, num_layers, act, deg_norm_hidden
         self.num_heads, self.head_reg_basis, self.sinkhorn_reg = num_heads, head_reg_basis, sinkhorn_reg
         self.unbalanced, self.marginal_reg, self.solver, self.cost = unbalanced, marginal_reg, solver, cost

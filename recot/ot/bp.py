@@ -31,9 +31,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .cost import pairwise_cost
-from .factored import (FactoredKernel, SparsePattern, check_point_cost, factored_sinkhorn, neg, pair_costs,
-                       sq_euclidean_factors)
+from .cost import check_point_cost, pairwise_cost
+from .factored import FactoredKernel, SparsePattern, factored_sinkhorn, neg, pair_costs, sq_euclidean_factors
 from .lcn import lcn_correction
 from .neighbours import neighbour_pattern
 from .nystrom import landmarks_of, nystrom_factors

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["POINT_COSTS", "cosine_cost", "cost_scale", "dot_cost", "euclidean", "normalize_cost", "pairwise_cost",
+__all__ = ["POINT_COSTS", "check_point_cost", "cosine_cost", "cost_scale", "dot_cost", "euclidean", "normalize_cost", "pairwise_cost",
            "sq_euclidean", "sq_to_cost"]
 
 # the point costs of the scalable solvers (recot.ot.sparse / nystrom / lcn / bp): kernel exp(-C/eps) is Gaussian
@@ -34,14 +34,17 @@ def sq_euclidean(x: Tensor, y: Tensor) -> Tensor:
     return (xx + yy - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
 
 
+def check_point_cost(cost: str) -> str:
+    """``cost`` if it is one of :data:`POINT_COSTS`, else one ValueError naming them."""
+    if cost not in POINT_COSTS:
+        raise ValueError(f"cost must be one of {POINT_COSTS}, got {cost!r}")
+    return cost
+
+
 def sq_to_cost(sq: Tensor, cost: str = "sq_euclidean") -> Tensor:
     r"""The point cost from squared distances: ``"sq_euclidean"`` :math:`d^2` (unchanged) or ``"euclidean"``
     :math:`\sqrt{d^2 + 10^{-12}}` (smoothed so that coinciding points get gradient 0, not NaN). Any shape."""
-    if cost == "sq_euclidean":
-        return sq
-    if cost == "euclidean":
-        return (sq + _SMOOTH).sqrt()
-    raise ValueError(f"cost must be one of {POINT_COSTS}, got {cost!r}")
+    return sq if check_point_cost(cost) == "sq_euclidean" else (sq + _SMOOTH).sqrt()
 
 
 def euclidean(x: Tensor, y: Tensor) -> Tensor:

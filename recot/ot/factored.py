@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .cost import POINT_COSTS, sq_euclidean, sq_to_cost
+from .cost import check_point_cost, sq_euclidean, sq_to_cost
 from .utils import iterate, masked_log, masked_update, neg, prepare_weights
 
 __all__ = ["FactoredKernel", "FactoredPlan", "SparsePattern", "factored_sinkhorn", "sparse_matvec"]
@@ -682,12 +682,6 @@ def pair_costs(x: Tensor, y: Tensor, pattern: SparsePattern, cost: str = "sq_euc
     """The point cost (:data:`recot.ot.cost.POINT_COSTS`) on every entry of ``pattern``, ``(nnz,)``
     (:func:`pair_sq_dists` through :func:`recot.ot.cost.sq_to_cost`)."""
     return sq_to_cost(pair_sq_dists(x, y, pattern), cost)
-
-
-def check_point_cost(cost: str) -> str:
-    if cost not in POINT_COSTS:
-        raise ValueError(f"cost must be one of {POINT_COSTS}, got {cost!r}")
-    return cost
 
 
 def solve_points(

@@ -26,8 +26,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .factored import (FactoredKernel, SparsePattern, check_point_cost, nan_to_neg, pair_costs, signed_log,
-                       solve_points)
+from .cost import check_point_cost
+from .factored import FactoredKernel, SparsePattern, nan_to_neg, pair_costs, signed_log, solve_points
 from .utils import neg
 from .neighbours import neighbour_pattern
 from .nystrom import landmarks_of, nystrom_factors

@@ -24,8 +24,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .cost import pairwise_cost
-from .factored import FactoredKernel, check_point_cost, nan_to_neg, signed_log, solve_points
+from .cost import check_point_cost, pairwise_cost
+from .factored import FactoredKernel, nan_to_neg, signed_log, solve_points
 from .neighbours import kmeans
 from .result import OTResult
 

@@ -20,7 +20,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .factored import FactoredKernel, SparsePattern, check_point_cost, pair_costs, solve_points
+from .cost import check_point_cost
+from .factored import FactoredKernel, SparsePattern, pair_costs, solve_points
 from .neighbours import neighbour_pattern
 from .result import OTResult
 
