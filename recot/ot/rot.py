@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -236,10 +236,7 @@ def rot_sinkhorn(
         eps = w.alpha1 + w.step
         cost = torch.addcmul(prob.cost, log_plan, _scalar(-w.step, like=x))
         if structure is not None and not _is_zero(w.alpha0):
-            if t == 0:  # the start plan is a b^T
-                cost = structure.add_outer(cost, clamped_exp(log_a), clamped_exp(log_b), -2 * w.alpha0)
-            else:
-                cost = structure.add(cost, clamped_exp(log_plan), -2 * w.alpha0)
+            cost = _add_structure(cost, structure, -2 * w.alpha0, t, log_a, log_b, lambda: clamped_exp(log_plan))
         logk = log_kernel(cost, eps, prob.mask2d)  # replaces the padded costs (-tau * neg) by neg
         tau_a, tau_b = _tau(w.alpha2, eps), _tau(w.alpha3, eps)
         # keep: the K unrolled steps over small sets can afford their exponentials, and backward gets 5x cheaper
@@ -289,10 +286,7 @@ def rot_badmm(
         w = weights.at(t)
         cost_p, cost_s = prob.cost, None
         if structure is not None and not _is_zero(w.alpha0):
-            if t == 0:  # Alg. 2 starts from S = a b^T
-                cost_p = structure.add_outer(cost_p, clamped_exp(log_a), clamped_exp(log_b), -w.alpha0)
-            else:
-                cost_p = structure.add(cost_p, state.s, -w.alpha0)
+            cost_p = _add_structure(cost_p, structure, -w.alpha0, t, log_a, log_b, lambda: state.s)
             cost_s = partial(_dual_minus_structural_cost, structure=structure, alpha0=w.alpha0)
         # without stats only the last P is read: its S- and dual updates would be computed for nothing
         state = badmm_step(state, cost_p, reg=w.alpha1, rho=w.step, log_a=log_a, log_b=log_b, reg_type=reg_type,
@@ -304,6 +298,14 @@ def rot_badmm(
     with torch.no_grad():
         err = (clamped_exp(state.log_p) - clamped_exp(state.log_s)).abs().sum((-2, -1))
     return _result(prob, _normalize(state.log_p, prob.mask2d), None, None, num_modules, err, tol)
+
+
+def _add_structure(cost: Tensor, structure: Structure, weight: Weight, module: int, log_a: Tensor, log_b: Tensor,
+                   plan: Callable[[], Tensor]) -> Tensor:
+    """``cost + weight * structure.apply(plan())``; module 0's plan is the start a b^T of both solvers (rank one)."""
+    if module == 0:
+        return structure.add_outer(cost, clamped_exp(log_a), clamped_exp(log_b), weight)
+    return structure.add(cost, plan(), weight)
 
 
 def _dual_minus_structural_cost(plan: Tensor, z: Tensor, *, structure: Structure, alpha0: Weight) -> Tensor:
