@@ -57,7 +57,7 @@ class ROTPooling(SetAggregation):
         marginals: BADMM's treatment of the priors: ``"relaxed"`` (solved; default) or ``"paper"`` (Eqs. 26-27 as
             printed, where :math:`\alpha_2, \alpha_3` have no effect; see :func:`recot.ot.badmm_step`).
         compile_solver: run the solver through ``torch.compile`` (``dynamic=True``; one compiled solver per process,
-            shared by every layer): elementwise passes of a module fuse, 15-25% off a training step on a CPU
+            shared by every layer): elementwise passes of a module fuse, 20-30% off a training step on a CPU
             (``benchmarks/rotp_speed.py --compile``), after a first-batch compilation of about a minute per solver
             and set-size pattern; needs a C++ compiler on a CPU.
 
