@@ -92,15 +92,21 @@ def test_padded_pairs_give_the_distances_of_one_pair_at_a_time(solver, heads):
     torch.testing.assert_close(batch, alone, rtol=1e-9, atol=1e-9)
 
 
+def _bp_problem(seed=1, n=8, m=9, real_a=5, real_b=6):
+    """3 point-cloud pairs (n and m points in 3-D, float64); pair 1 pads x after real_a points, pair 2 y after real_b."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, n, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(3, m, 3, generator=g, dtype=torch.float64)
+    ma, mb = torch.ones(3, n, dtype=torch.bool), torch.ones(3, m, dtype=torch.bool)
+    ma[1, real_a:], mb[2, real_b:] = False, False
+    return x, y, ma, mb
+
+
 def test_dense_and_structured_bp_agree_and_small_eps_is_the_assignment():
     from scipy.optimize import linear_sum_assignment
 
     from recot.ot.bp import bp_cost_matrix
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 3, generator=g, dtype=torch.float64)
-    y = torch.randn(3, 7, 3, generator=g, dtype=torch.float64)
-    ma, mb = torch.ones(3, 5, dtype=torch.bool), torch.ones(3, 7, dtype=torch.bool)
-    ma[1, 3:], mb[2, 4:] = False, False
+    x, y, ma, mb = _bp_problem(seed=0, n=5, m=7, real_a=3, real_b=4)
     dc, ic = x.norm(dim=-1), y.norm(dim=-1)
     kw = dict(mask_a=ma, mask_b=mb, cost="euclidean", max_iter=4000, tol=1e-10)
     dense = bp_sinkhorn(x, y, dc, ic, eps=torch.tensor([0.05, 0.1, 0.2]), dense_bp=True, **kw)
@@ -175,13 +181,6 @@ def test_calibration_starts_the_predictions_at_the_target_scale(heads, solver):
 # ------------------------------------------------------------------ Euclidean cost (Laplacian kernel) for Nyström / LCN
 
 
-def _bp_problem():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 8, 3, generator=g, dtype=torch.float64)
-    y = torch.randn(3, 9, 3, generator=g, dtype=torch.float64)
-    ma, mb = torch.ones(3, 8, dtype=torch.bool), torch.ones(3, 9, dtype=torch.bool)
-    ma[1, 5:], mb[2, 6:] = False, False
-    return x, y, ma, mb
 
 
 def test_euclidean_nystrom_and_lcn_bp_converge_to_full():
